@@ -1,0 +1,269 @@
+"""Random-effects structure, product matrices and result containers.
+
+The engine never sees images: it works from the product matrices of one stack of
+voxels (voxel axis first).  Design products (X'X, Z'X, Z'Z) have a leading axis of
+length 1 when they are shared by every voxel of the stack ("inner" voxels, where all
+images are present) and of length n_voxels otherwise ("ring" voxels).
+
+Z'Z is stored in one of two layouts, chosen by :class:`RandomEffects`:
+
+* one random factor: its diagonal blocks only, shape (m, l, q0, q0), because Z'Z is
+  block diagonal (each image belongs to exactly one level);
+* several factors: the dense matrix, shape (m, q, q).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from functools import cached_property
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class Status(IntEnum):
+    """Per-voxel outcome, written to ``blmm_vox_status``.
+
+    Voxels with status OK or MAXNIT have estimates; every other status means the
+    voxel was dropped from the analysis mask, for the reason its name gives.
+    """
+
+    OUTSIDE = 0  # outside the analysis mask, or dropped by the missingness rules
+    OK = 1  # converged
+    MAXNIT = 2  # kept, but maxnit was reached before convergence
+    RANK_DEFICIENT = 3  # X'X of the images present at the voxel is singular
+    NO_VARIANCE = 4  # residuals are zero (e.g. constant data): nothing to estimate
+    NOT_FINITE = 5  # the likelihood or an estimate became NaN or infinite
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One random factor.
+
+    Parameters
+    ----------
+    codes : ndarray of shape (n_images,), dtype int
+        Level index of each image, 0..n_levels-1, levels in sorted label order.
+    design : ndarray of shape (n_images, n_raneffs)
+        Random-effect covariates of each image (a column of ones for an intercept).
+    n_levels : int
+    name : str
+    """
+
+    codes: NDArray[np.intp]
+    design: NDArray[np.float64]
+    n_levels: int
+    name: str = ""
+
+    @property
+    def n_raneffs(self) -> int:
+        """Number of random effects per level (q_k)."""
+        return self.design.shape[1]
+
+    @classmethod
+    def from_labels(
+        cls, labels: NDArray, design: NDArray[np.float64], name: str = ""
+    ) -> Factor:
+        """Build a factor from level labels, ordering levels by sorted label."""
+        levels, codes = np.unique(np.asarray(labels), return_inverse=True)
+        design = np.asarray(design, dtype=np.float64)
+        if design.ndim == 1:
+            design = design[:, None]
+        return cls(codes.ravel().astype(np.intp), design, len(levels), name)
+
+
+@dataclass(frozen=True)
+class RandomEffects:
+    """Sizes of the random-effects part: factors k = 1..r, l_k levels, q_k effects.
+
+    Z has q = sum_k q_k l_k columns: factors in order, levels of a factor in sorted
+    label order, and the q_k effects of a level next to each other (level-major).
+    D is block diagonal with block D_k repeated l_k times; its free parameters are
+    vech(D_1), ..., vech(D_r), vech being the column-wise lower triangle.
+    """
+
+    n_levels: tuple[int, ...]
+    n_raneffs: tuple[int, ...]
+
+    @classmethod
+    def of(cls, factors: list[Factor] | tuple[Factor, ...]) -> RandomEffects:
+        """Return the structure of a list of factors."""
+        return cls(
+            tuple(f.n_levels for f in factors), tuple(f.n_raneffs for f in factors)
+        )
+
+    @property
+    def r(self) -> int:
+        """Number of random factors."""
+        return len(self.n_levels)
+
+    @property
+    def q(self) -> int:
+        """Number of columns of Z."""
+        return sum(lk * qk for lk, qk in zip(self.n_levels, self.n_raneffs))
+
+    @property
+    def n_vech(self) -> tuple[int, ...]:
+        """Number of free parameters of each D_k, q_k(q_k+1)/2."""
+        return tuple(qk * (qk + 1) // 2 for qk in self.n_raneffs)
+
+    @property
+    def q_u(self) -> int:
+        """Number of free variance parameters of D, summed over factors."""
+        return sum(self.n_vech)
+
+    @property
+    def one_factor(self) -> bool:
+        """True when Z'Z is stored as diagonal blocks (a single random factor)."""
+        return self.r == 1
+
+    @cached_property
+    def offsets(self) -> tuple[int, ...]:
+        """First column of each factor in Z, plus q at the end."""
+        sizes = [lk * qk for lk, qk in zip(self.n_levels, self.n_raneffs)]
+        return tuple(int(x) for x in np.concatenate([[0], np.cumsum(sizes)]))
+
+
+def build_Z(factors: list[Factor] | tuple[Factor, ...]) -> NDArray[np.float64]:
+    """Return the dense Z, shape (n_images, q), in the column order of RandomEffects."""
+    blocks = []
+    for f in factors:
+        n, qk = f.design.shape
+        Zk = np.zeros((n, f.n_levels, qk))
+        Zk[np.arange(n), f.codes, :] = f.design
+        blocks.append(Zk.reshape(n, f.n_levels * qk))
+    return np.hstack(blocks)
+
+
+def vech_indices(qk: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Return (rows, cols) of vech order: column-wise lower triangle incl. diagonal."""
+    cols, rows = np.triu_indices(qk)
+    return rows, cols
+
+
+def vech(A: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Return vech of a stack of symmetric matrices, (..., q, q) -> (..., q(q+1)/2)."""
+    rows, cols = vech_indices(A.shape[-1])
+    return A[..., rows, cols]
+
+
+def unvech(v: NDArray[np.float64], qk: int) -> NDArray[np.float64]:
+    """Inverse of :func:`vech`, (..., q(q+1)/2) -> (..., q, q) symmetric."""
+    rows, cols = vech_indices(qk)
+    A = np.zeros((*v.shape[:-1], qk, qk))
+    A[..., rows, cols] = v
+    A[..., cols, rows] = v
+    return A
+
+
+def duplication_matrix(qk: int) -> NDArray[np.float64]:
+    """Return Dup of shape (q_k**2, q_k(q_k+1)/2) with Dup @ vech(A) = vec(A).
+
+    vec stacks columns, so vec(A)[a + b q_k] = A[a, b].
+    """
+    rows, cols = vech_indices(qk)
+    dup = np.zeros((qk * qk, len(rows)))
+    for m, (a, b) in enumerate(zip(rows, cols)):
+        dup[a + b * qk, m] = 1.0
+        dup[b + a * qk, m] = 1.0
+    return dup
+
+
+@dataclass(frozen=True)
+class Products:
+    """Product matrices of a stack of voxels.
+
+    Parameters
+    ----------
+    XtX : ndarray of shape (m, p, p)
+    ZtX : ndarray of shape (m, q, p)
+    ZtZ : ndarray of shape (m, l, q0, q0) for one factor, else (m, q, q)
+        m is 1 when the design is shared by all voxels, else n_voxels.
+    XtY : ndarray of shape (n_voxels, p)
+    ZtY : ndarray of shape (n_voxels, q)
+    YtY : ndarray of shape (n_voxels,)
+    n : ndarray of shape (n_voxels,)
+        Number of images present at each voxel.
+    """
+
+    XtX: NDArray[np.float64]
+    ZtX: NDArray[np.float64]
+    ZtZ: NDArray[np.float64]
+    XtY: NDArray[np.float64]
+    ZtY: NDArray[np.float64]
+    YtY: NDArray[np.float64]
+    n: NDArray[np.float64]
+
+    @property
+    def n_voxels(self) -> int:
+        """Number of voxels in the stack."""
+        return self.YtY.shape[0]
+
+    @property
+    def shared(self) -> bool:
+        """True when the design products are shared by all voxels."""
+        return self.XtX.shape[0] == 1
+
+    def take(self, index: NDArray) -> Products:
+        """Return the products of a subset of voxels (index into the voxel axis)."""
+
+        def sel(a: NDArray) -> NDArray:
+            return a if a.shape[0] == 1 and self.n_voxels != 1 else a[index]
+
+        return Products(
+            sel(self.XtX),
+            sel(self.ZtX),
+            sel(self.ZtZ),
+            self.XtY[index],
+            self.ZtY[index],
+            self.YtY[index],
+            self.n[index],
+        )
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Estimates of one stack of voxels.
+
+    beta (n_voxels, p); sigma2 (n_voxels,); D: list over factors of
+    (n_voxels, q_k, q_k), cov(b) = sigma2 * D; llh (n_voxels,) the maximised REML or
+    ML log-likelihood with all constants (comparable with lme4's logLik); nit
+    (n_voxels,) iterations; status (n_voxels,) a :class:`Status` code.
+    """
+
+    beta: NDArray[np.float64]
+    sigma2: NDArray[np.float64]
+    D: list[NDArray[np.float64]]
+    llh: NDArray[np.float64]
+    nit: NDArray[np.int64]
+    status: NDArray[np.int64]
+    reml: bool = True
+
+    @property
+    def D_vech(self) -> NDArray[np.float64]:
+        """vech(D_1), ..., vech(D_r) side by side, shape (n_voxels, q_u)."""
+        return np.concatenate([vech(Dk) for Dk in self.D], axis=1)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Statistics of one stack of voxels (T contrasts first axis order kept).
+
+    Every array has the voxel axis first.  T contrasts: con, conSE, conT, conT_swedf,
+    conTlp of shape (n_voxels, n_t); F contrasts: conF, conF_swedf, conFlp, conR2 of
+    shape (n_voxels, n_f).  covB (n_voxels, p, p); resms (n_voxels,).
+    """
+
+    covB: NDArray[np.float64]
+    resms: NDArray[np.float64]
+    con: NDArray[np.float64]
+    conSE: NDArray[np.float64]
+    conT: NDArray[np.float64]
+    conT_swedf: NDArray[np.float64]
+    conTlp: NDArray[np.float64]
+    conF: NDArray[np.float64]
+    conF_swedf: NDArray[np.float64]
+    conFlp: NDArray[np.float64]
+    conR2: NDArray[np.float64]
+    extra: dict = field(default_factory=dict)
