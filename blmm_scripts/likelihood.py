@@ -1,0 +1,198 @@
+"""The (restricted) log-likelihood of the voxelwise mixed model and its derivatives.
+
+Everything here is a function of the product matrices and the random-effects
+covariance D only: for a given D the fixed effects are profiled out by generalised
+least squares, β̂(D) = (X'V^-1 X)^-1 X'V^-1 Y, and with S = ê'V^-1 ê
+
+    ML:    -2 l  = n log(2π σ²) + log|V| + S / σ²
+    REML:  -2 l_R = (n-p) log(2π σ²) + log|V| + log|X'V^-1 X| + S / σ²
+
+(lme4's ``logLik``, all constants included; Bates et al. 2015, eqs. 34 and 41).
+The derivatives with respect to σ² and the entries of D are written with the
+relative projection P = V^-1 - V^-1 X (X'V^-1 X)^-1 X'V^-1 and, for factor k and
+level j, the blocks R_ij = Z_i' A Z_j (A = V^-1 for ML, P for REML), s_j = Z_j' V^-1 ê:
+
+    score     dl/dD_k[a,b]            = 1/2 (σ^-2 Σ_j s_j s_j' - Σ_j R_jj)[a,b]
+    expected  I(D_ab, D_cd)           = 1/2 Σ_ij R_ij[b,c] R_ij[a,d]          (= T/2)
+    observed  -d²l/dD_ab dD_cd        = -1/2 T + σ^-2 Σ_ij s_i[a] P_ij[b,c] s_j[d]
+    observed  -d²l/dσ² dD_ab          = Σ_j s_j[a] s_j[b] / (2σ⁴)
+    observed  -d²l/(dσ²)²             = -n'/(2σ⁴) + S/σ⁶,     n' = n-p (REML) or n (ML).
+
+The observed forms are the Hessian of the likelihood profiled over β, which is what
+lmerTest differentiates (numerically) for its Satterthwaite degrees of freedom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+from numpy.typing import NDArray
+
+from blmm_scripts._linalg import Woodbury, apply_blocks, spd_inv_logdet, woodbury
+from blmm_scripts.structure import Products, RandomEffects
+
+LOG_2PI = np.log(2.0 * np.pi)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Quantities of a stack of voxels at a given D, with β at its GLS value.
+
+    Shapes: XtViX, H = XtViX^-1 (v, p, p); beta (v, p); S, sigma2, logdetX, n_eff
+    (v,); F = Z'V^-1 X (v, q, p); s = Z'V^-1 ê (v, q).
+    """
+
+    products: Products
+    re: RandomEffects
+    reml: bool
+    wood: Woodbury
+    XtViX: NDArray[np.float64]
+    H: NDArray[np.float64]
+    logdetX: NDArray[np.float64]
+    beta: NDArray[np.float64]
+    S: NDArray[np.float64]
+    n_eff: NDArray[np.float64]
+    GZtX: NDArray[np.float64]
+    GZtY: NDArray[np.float64]
+
+    @property
+    def sigma2(self) -> NDArray[np.float64]:
+        """σ² maximising the likelihood at this D: S / n'."""
+        return self.S / self.n_eff
+
+    def llh(self, sigma2: NDArray[np.float64] | None = None) -> NDArray[np.float64]:
+        """Log-likelihood at this D and σ² (default: the profiled σ²)."""
+        if sigma2 is None:
+            sigma2 = self.sigma2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m2l = self.n_eff * (LOG_2PI + np.log(sigma2)) + self.wood.logdet
+            m2l = m2l + self.S / sigma2
+            if self.reml:
+                m2l = m2l + self.logdetX
+        return -0.5 * m2l
+
+    @cached_property
+    def F(self) -> NDArray[np.float64]:
+        """Z'V^-1 X, shape (v, q, p)."""
+        return self.products.ZtX - apply_blocks(self.products.ZtZ, self.GZtX, self.re)
+
+    @cached_property
+    def s(self) -> NDArray[np.float64]:
+        """Z'V^-1 ê, shape (v, q)."""
+        pr = self.products
+        ZtViY = pr.ZtY - apply_blocks(pr.ZtZ, self.GZtY, self.re)[..., 0]
+        return ZtViY - np.einsum("vqp,vp->vq", self.F, self.beta)
+
+
+def profile(
+    products: Products, re: RandomEffects, sqrtD: list[NDArray], reml: bool
+) -> Profile:
+    """Return the :class:`Profile` of a stack of voxels at D = sqrtD sqrtD'."""
+    pr = products
+    wood = woodbury(pr.ZtZ, re, sqrtD)
+    GZtX = wood.apply(pr.ZtX)
+    GZtY = wood.apply(pr.ZtY[..., None])
+    ZtXt = np.swapaxes(pr.ZtX, -1, -2)
+    XtViX = pr.XtX - ZtXt @ GZtX
+    XtViY = pr.XtY - (ZtXt @ GZtY)[..., 0]
+    YtViY = pr.YtY - np.einsum("vq,vq->v", pr.ZtY, GZtY[..., 0])
+    H, logdetX = spd_inv_logdet(XtViX)
+    beta = np.einsum("vpr,vr->vp", H, XtViY)
+    S = YtViY - np.einsum("vp,vp->v", beta, XtViY)
+    p = pr.XtX.shape[-1]
+    n_eff = pr.n - p if reml else pr.n.astype(np.float64)
+    return Profile(pr, re, reml, wood, XtViX, H, logdetX, beta, S, n_eff, GZtX, GZtY)
+
+
+def vec_matrix(T: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Turn T[v, a, b, c, d] into the matrix with rows vec(a, b), columns vec(c, d).
+
+    vec stacks columns, so (a, b) has index a + b q.
+    """
+    v, q1, _, q2, _ = T.shape
+    return T.transpose(0, 2, 1, 4, 3).reshape(v, q1 * q1, q2 * q2)
+
+
+class Curvature:
+    """Sums over level pairs of the Z'AZ blocks that scores and informations need.
+
+    One random factor uses the block-diagonal Z'V^-1 Z plus the rank-p REML
+    correction F H F' in factored form: O(l q0^2 p^2) per voxel.  Several factors use
+    dense q x q matrices: O(q^3) per voxel.
+    """
+
+    def __init__(self, prof: Profile) -> None:
+        self.prof = prof
+        self.re = prof.re
+        v = prof.beta.shape[0]
+        self.v = v
+        G, ZtZ = prof.wood.G, prof.products.ZtZ
+        if self.re.one_factor:
+            l0, q0 = self.re.n_levels[0], self.re.n_raneffs[0]
+            self.Bv = ZtZ - ZtZ @ G @ ZtZ  # (v, l, q0, q0) blocks of Z'V^-1 Z
+            self.Fb = prof.F.reshape(v, l0, q0, -1)
+            self.sb = prof.s.reshape(v, l0, q0)
+            HF = np.einsum("vpr,vjbr->vjbp", prof.H, self.Fb)
+            self.C = np.einsum("vjap,vjbp->vjab", self.Fb, HF)  # F_j H F_j'
+        else:
+            Rv = ZtZ - ZtZ @ G @ ZtZ
+            self.Rv = np.broadcast_to(Rv, (v, *Rv.shape[1:]))
+            FH = prof.F @ prof.H
+            self.Rp = self.Rv - FH @ np.swapaxes(prof.F, -1, -2)
+
+    def _dense_block(self, R: NDArray, k1: int, k2: int) -> NDArray:
+        """Rows of factor k1, columns of factor k2 as (v, l1, q1, l2, q2)."""
+        re = self.re
+        o1, o2 = re.offsets[k1], re.offsets[k2]
+        l1, q1, l2, q2 = re.n_levels[k1], re.n_raneffs[k1], re.n_levels[k2], re.n_raneffs[k2]
+        return R[:, o1 : o1 + l1 * q1, o2 : o2 + l2 * q2].reshape(self.v, l1, q1, l2, q2)
+
+    def _s(self, k: int) -> NDArray:
+        """Blocks s_j of factor k, shape (v, l_k, q_k)."""
+        re = self.re
+        o, lk, qk = re.offsets[k], re.n_levels[k], re.n_raneffs[k]
+        return self.prof.s[:, o : o + lk * qk].reshape(self.v, lk, qk)
+
+    def ss(self, k: int) -> NDArray:
+        """Σ_j s_j s_j' of factor k, shape (v, q_k, q_k)."""
+        sk = self._s(k)
+        return np.einsum("vja,vjb->vab", sk, sk)
+
+    def diag_sum(self, k: int, kind: str) -> NDArray:
+        """Σ_j R_jj of factor k, R = Z'V^-1 Z (kind "V") or Z'PZ (kind "P")."""
+        if self.re.one_factor:
+            out = self.Bv.sum(1)
+            out = np.broadcast_to(out, (self.v, *out.shape[1:]))
+            return out - self.C.sum(1) if kind == "P" else out
+        R = self.Rp if kind == "P" else self.Rv
+        return np.einsum("vjajb->vab", self._dense_block(R, k, k))
+
+    def trace_term(self, k1: int, k2: int, kind: str) -> NDArray:
+        """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d] for factors k1, k2."""
+        if self.re.one_factor:
+            Bv = np.broadcast_to(self.Bv, (self.v, *self.Bv.shape[1:]))
+            T = np.einsum("vjbc,vjad->vabcd", Bv, Bv)
+            if kind == "P":
+                C = self.C
+                T = T - np.einsum("vjbc,vjad->vabcd", Bv, C)
+                T = T - np.einsum("vjbc,vjad->vabcd", C, Bv)
+                S = np.einsum("vjxp,vjyr->vxypr", self.Fb, self.Fb)
+                HS = np.einsum("vpr,vxyrs->vxyps", self.prof.H, S)
+                T = T + np.einsum("vcdij,vabji->vabcd", HS, HS)
+            return T
+        R = self.Rp if kind == "P" else self.Rv
+        R12 = self._dense_block(R, k1, k2)
+        return np.einsum("vibjc,viajd->vabcd", R12, R12)
+
+    def data_term(self, k1: int, k2: int) -> NDArray:
+        """U[v,a,b,c,d] = Σ_ij s_i[a] P_ij[b,c] s_j[d] for factors k1, k2."""
+        if self.re.one_factor:
+            sb, Fb = self.sb, self.Fb
+            Bv = np.broadcast_to(self.Bv, (self.v, *self.Bv.shape[1:]))
+            U = np.einsum("vja,vjbc,vjd->vabcd", sb, Bv, sb)
+            E = np.einsum("via,vibp->vabp", sb, Fb)
+            return U - np.einsum("vabp,vpr,vdcr->vabcd", E, self.prof.H, E)
+        P12 = self._dense_block(self.Rp, k1, k2)
+        return np.einsum("via,vibjc,vjd->vabcd", self._s(k1), P12, self._s(k2))

@@ -1,0 +1,176 @@
+"""Product matrices: the sufficient statistics of the mixed model at every voxel.
+
+For images i with design rows x_i (p), z_i (q) and data y_iv, a voxel's model needs
+only X'X, X'Z, Z'Z (the design, shared by all voxels where every image is present)
+and X'Y, Z'Y, Y'Y (per voxel).  Missing images are excluded by zeroing their data
+(so X'Y, Z'Y, Y'Y need no masking) and, for the design products of a "ring" voxel,
+by subtracting the missing images' outer products from the full-design products
+(Maullin-Sapey & Nichols 2022, section 2.3; DESIGN.md section 3):
+
+    X'X_v = X'X - sum over missing i of x_i x_i'   (likewise X'Z_v, Z'Z_v).
+
+With one random factor Z'Z is block diagonal and only its l diagonal q0 x q0 blocks
+are stored; with several factors it is stored dense (see structure.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from blmm_scripts.structure import Factor, RandomEffects, build_Z
+
+
+@dataclass(frozen=True)
+class ChunkProducts:
+    """Data products of one chunk of images over a set of voxels.
+
+    XtY (n_voxels, p); ZtY (n_voxels, k) for the k columns of Z that the chunk's
+    images touch, ZtY_columns (k,) their indices into Z; YtY (n_voxels,).
+    """
+
+    XtY: NDArray[np.float64]
+    ZtY: NDArray[np.float64]
+    ZtY_columns: NDArray[np.intp]
+    YtY: NDArray[np.float64]
+
+
+def _zt_blocks(factors: Sequence[Factor], rows: NDArray[np.intp]) -> NDArray:
+    """Return Z restricted to `rows`, shape (len(rows), q), dense."""
+    sub = [
+        Factor(f.codes[rows], f.design[rows], f.n_levels, f.name) for f in factors
+    ]
+    return build_Z(sub)
+
+
+def chunk_products(
+    X: NDArray[np.float64],
+    factors: Sequence[Factor],
+    rows: NDArray[np.intp],
+    Y: NDArray[np.float64],
+) -> ChunkProducts:
+    """Return X'Y, Z'Y and Y'Y of one chunk of images.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_images, p)
+        The whole design; `rows` selects the chunk.
+    factors : sequence of Factor
+    rows : ndarray of shape (n_b,), dtype int
+        Image indices of the chunk.
+    Y : ndarray of shape (n_b, n_voxels)
+        Data of the chunk's images, 0 where an image is missing at a voxel.
+    """
+    rows = np.asarray(rows, dtype=np.intp)
+    if Y.shape[0] != len(rows):
+        raise ValueError(f"Y has {Y.shape[0]} rows for a chunk of {len(rows)} images")
+    Xb = X[rows]
+    Zb = _zt_blocks(factors, rows)
+    columns = np.flatnonzero(np.any(Zb != 0, axis=0))
+    return ChunkProducts(
+        XtY=Y.T @ Xb,
+        ZtY=Y.T @ Zb[:, columns],
+        ZtY_columns=columns,
+        YtY=np.einsum("iv,iv->v", Y, Y),
+    )
+
+
+def ztz_layout(ZtZ: NDArray[np.float64], re: RandomEffects) -> NDArray[np.float64]:
+    """Convert dense Z'Z stacks (m, q, q) to the layout `re` uses."""
+    if not re.one_factor:
+        return ZtZ
+    l0, q0 = re.n_levels[0], re.n_raneffs[0]
+    blocks = ZtZ.reshape(ZtZ.shape[0], l0, q0, l0, q0)
+    return np.einsum("mjajb->mjab", blocks)
+
+
+def design_products(
+    X: NDArray[np.float64], factors: Sequence[Factor]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Return X'X (1,p,p), Z'X (1,q,p) and Z'Z (in the layout of RandomEffects)."""
+    re = RandomEffects.of(factors)
+    if re.one_factor:
+        f = factors[0]
+        ZtX = np.zeros((f.n_levels, f.n_raneffs, X.shape[1]))
+        np.add.at(ZtX, f.codes, f.design[:, :, None] * X[:, None, :])
+        ZtZ = np.zeros((f.n_levels, f.n_raneffs, f.n_raneffs))
+        np.add.at(ZtZ, f.codes, f.design[:, :, None] * f.design[:, None, :])
+        return (X.T @ X)[None], ZtX.reshape(1, re.q, -1), ZtZ[None]
+    Z = build_Z(factors)
+    return (X.T @ X)[None], (Z.T @ X)[None], (Z.T @ Z)[None]
+
+
+def _image_design(
+    X: NDArray[np.float64], factors: Sequence[Factor], re: RandomEffects
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """Per-image outer products as sparse rows: x x' (p*p), z x' (q*p), z z' (layout)."""
+    n, p = X.shape
+    XX = sp.csr_matrix(np.einsum("ia,ib->iab", X, X).reshape(n, p * p))
+    if re.one_factor:
+        f = factors[0]
+        q0, l0 = f.n_raneffs, f.n_levels
+        cols_zx = (f.codes[:, None, None] * q0 + np.arange(q0)[None, :, None]) * p
+        cols_zx = (cols_zx + np.arange(p)[None, None, :]).reshape(n, -1)
+        vals_zx = (f.design[:, :, None] * X[:, None, :]).reshape(n, -1)
+        cols_zz = f.codes[:, None] * q0 * q0 + np.arange(q0 * q0)[None, :]
+        vals_zz = (f.design[:, :, None] * f.design[:, None, :]).reshape(n, -1)
+        ZX = _rows_to_csr(cols_zx, vals_zx, re.q * p)
+        ZZ = _rows_to_csr(cols_zz, vals_zz, l0 * q0 * q0)
+        return XX, ZX, ZZ
+    Z = build_Z(factors)
+    nz = [np.flatnonzero(Z[i]) for i in range(n)]
+    width = max(len(c) for c in nz)
+    cols = np.array([np.pad(c, (0, width - len(c)), mode="edge") for c in nz])
+    keep = np.array([np.arange(width) < len(c) for c in nz])
+    zvals = np.take_along_axis(Z, cols, axis=1) * keep
+    q = re.q
+    cols_zx = (cols[:, :, None] * p + np.arange(p)[None, None, :]).reshape(n, -1)
+    vals_zx = (zvals[:, :, None] * X[:, None, :]).reshape(n, -1)
+    cols_zz = (cols[:, :, None] * q + cols[:, None, :]).reshape(n, -1)
+    vals_zz = (zvals[:, :, None] * zvals[:, None, :]).reshape(n, -1)
+    return XX, _rows_to_csr(cols_zx, vals_zx, q * p), _rows_to_csr(cols_zz, vals_zz, q * q)
+
+
+def _rows_to_csr(cols: NDArray, vals: NDArray, width: int) -> sp.csr_matrix:
+    """Build a CSR matrix with one row per image from equal-length column lists."""
+    n, k = cols.shape
+    indptr = np.arange(0, n * k + 1, k)
+    mat = sp.csr_matrix((vals.ravel(), cols.ravel(), indptr), shape=(n, width))
+    mat.sum_duplicates()
+    return mat
+
+
+def ring_design_products(
+    X: NDArray[np.float64], factors: Sequence[Factor], missing: sp.spmatrix
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Return per-voxel X'X, Z'X and Z'Z of voxels with missing images.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_images, p)
+    factors : sequence of Factor
+    missing : sparse matrix of shape (n_voxels, n_images)
+        Non-zero where an image is missing at a voxel.
+
+    Returns
+    -------
+    XtX (n_voxels, p, p), ZtX (n_voxels, q, p), ZtZ (n_voxels, layout)
+        The full-design products minus the missing images' outer products: one
+        sparse product, cost proportional to the number of missing (image, voxel)
+        pairs.
+    """
+    re = RandomEffects.of(factors)
+    p = X.shape[1]
+    M = sp.csr_matrix(missing, dtype=np.float64)
+    M.data[:] = 1.0
+    XtX, ZtX, ZtZ = design_products(X, factors)
+    XX, ZX, ZZ = _image_design(X, factors, re)
+    v = M.shape[0]
+    XtX_v = XtX - (M @ XX).toarray().reshape(v, p, p)
+    ZtX_v = ZtX - (M @ ZX).toarray().reshape(v, re.q, p)
+    ZtZ_v = ZtZ - (M @ ZZ).toarray().reshape(v, *ZtZ.shape[1:])
+    return XtX_v, ZtX_v, ZtZ_v
