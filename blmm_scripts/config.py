@@ -1,0 +1,721 @@
+"""Read and check a BLMM configuration (``blmm_config.yml``).
+
+Two steps, both collecting every problem before raising one :class:`ConfigError`:
+
+1. :func:`parse_settings` turns the config mapping (already validated against
+   ``config/config.schema.yaml``) into a frozen :class:`Settings`: values parsed
+   (``MAXMEM: "2**32"``, ``tol: "1e-6"``, ``MinPercent: "10%"``, contrast strings such
+   as ``"[1 0 0]"``), ranges checked, relative paths resolved against the working
+   directory (where BLMM users run, i.e. Snakemake's working directory).
+2. :func:`check_inputs` reads the lists, CSV files and image headers and checks the
+   data: X has one row per image, no NaN and full column rank; every contrast has p
+   columns and F contrasts full row rank; factor and design files have one row per
+   image and numbers only; one data mask per image; every image and mask exists and
+   has the shape and affine of the first image.
+
+No value is ever passed to ``eval``: arithmetic strings are parsed with :mod:`ast`
+and only integer literals and ``+ - * ** //`` are allowed.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import operator
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from blmm_scripts import io
+from blmm_scripts.masks import analysis_voxels
+from blmm_scripts.structure import Factor, RandomEffects
+
+logger = logging.getLogger(__name__)
+
+#: Keys BLMM needed for its dask cluster; accepted and ignored here.
+IGNORED_KEYS = ("clusterType", "numNodes", "voxelBatching")
+
+#: BLMM's default for ``minlog``.
+DEFAULT_MINLOG = -323.3062153431158
+
+METHODS = ("pSFS", "SFS", "pFS", "FS")
+
+
+class ConfigError(ValueError):
+    """Every problem found in a config, reported at once.
+
+    Parameters
+    ----------
+    problems : list of str
+        One line per problem, each naming the key or file and what is wrong.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"The BLMM config has {len(self.problems)} problem(s); nothing was run:"
+            f"\n{lines}"
+        )
+
+
+# --------------------------------------------------------------------------------
+# Value parsers (no eval)
+# --------------------------------------------------------------------------------
+
+_INT_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Pow: operator.pow,
+    ast.FloorDiv: operator.floordiv,
+}
+
+
+def parse_int_expr(value: int | str) -> int:
+    """Return the value of an integer or of integer arithmetic such as ``"2**32"``.
+
+    Only integer literals, parentheses, unary minus and ``+ - * ** //`` are allowed.
+
+    Raises
+    ------
+    ValueError
+        For anything else (floats, names, calls, huge exponents).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected an integer or a string like '2**32', got {value!r}")
+    try:
+        tree = ast.parse(value.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ValueError(f"{value!r} is not integer arithmetic") from err
+
+    def ev(node: ast.AST) -> int:
+        """Evaluate one node of the restricted grammar."""
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        if isinstance(node, ast.BinOp) and type(node.op) in _INT_OPS:
+            left, right = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Pow) and (right < 0 or right > 256):
+                raise ValueError(f"exponent {right} out of range in {value!r}")
+            if isinstance(node.op, ast.FloorDiv) and right == 0:
+                raise ValueError(f"division by zero in {value!r}")
+            return _INT_OPS[type(node.op)](left, right)
+        raise ValueError(
+            f"{value!r} is not integer arithmetic (only integers and + - * ** //)"
+        )
+
+    return ev(tree.body)
+
+
+def parse_float(value: float | int | str) -> float:
+    """Return a float from a YAML number or a string such as ``"1e-6"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except ValueError as err:
+        raise ValueError(f"expected a number, got {value!r}") from err
+
+
+def parse_fraction(value: float | int | str) -> float:
+    """Return MinPercent as a fraction: ``0.1`` or ``"10%"`` -> 0.1."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return parse_float(value.strip()[:-1]) / 100.0
+    return parse_float(value)
+
+
+_TOKEN = re.compile(r"\s*(?:(\[)|(\])|(,)|([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))")
+
+
+def parse_vector(value: list | str | float | int) -> NDArray[np.float64]:
+    """Return a contrast as an array: 1-D for a T contrast, 2-D for an F contrast.
+
+    Accepts YAML lists and BLMM's strings ``"[1, 0, 0]"``, ``"[1 0 0]"`` and
+    ``"[[1,0,0],[0,1,0]]"``, parsed by a small tokenizer (never ``eval``).
+
+    Raises
+    ------
+    ValueError
+        If the value is not a flat or a rectangular nested list of numbers.
+    """
+    if isinstance(value, str):
+        value = _parse_bracketed(value)
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{value!r} is not a list of numbers") from err
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim > 2 or arr.size == 0:
+        raise ValueError(
+            f"expected a 1-D (T) or 2-D (F) list of numbers, got {value!r}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{value!r} contains non-finite numbers")
+    return arr
+
+
+def _parse_bracketed(text: str) -> list:
+    """Parse nested brackets of numbers separated by commas and/or spaces."""
+    pos, tokens = 0, []
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            raise ValueError(f"unexpected character at position {pos} of {text!r}")
+        pos = m.end()
+        if m.group(4) is not None:
+            tokens.append(float(m.group(4)))
+        elif m.group(1) or m.group(2):
+            tokens.append(m.group(1) or m.group(2))
+        # commas are separators only
+        if pos < len(text) and not text[pos:].strip():
+            break
+    stack: list[list] = [[]]
+    for tok in tokens:
+        if tok == "[":
+            stack.append([])
+        elif tok == "]":
+            if len(stack) < 2:
+                raise ValueError(f"unbalanced brackets in {text!r}")
+            inner = stack.pop()
+            stack[-1].append(inner)
+        else:
+            stack[-1].append(tok)
+    if len(stack) != 1 or len(stack[0]) != 1:
+        raise ValueError(f"{text!r} is not one bracketed list")
+    return stack[0][0]
+
+
+# --------------------------------------------------------------------------------
+# Settings: the parsed config, no file access beyond path resolution
+# --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FactorSpec:
+    """One random factor of the config (``Z: - f1: {name, factor, design}``)."""
+
+    name: str
+    factor: Path
+    design: Path
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One contrast: ``L`` of shape (p,) for a T contrast or (m, p) for an F one."""
+
+    name: str
+    L: NDArray[np.float64]
+
+    @property
+    def is_f(self) -> bool:
+        """True for an F contrast (a 2-D vector, even with one row)."""
+        return self.L.ndim == 2
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A parsed BLMM config; paths are absolute.
+
+    Field names follow BLMM's keys where they exist; see ``config/config.yaml``.
+    """
+
+    Y_files: Path
+    X: Path
+    factors: tuple[FactorSpec, ...]
+    outdir: Path
+    contrasts: tuple[Contrast, ...]
+    MAXMEM: int
+    data_mask_files: Path | None
+    data_mask_thresh: float | None
+    min_percent: float | None
+    min_n: float | None
+    analysis_mask: Path | None
+    output_cov_b: bool
+    minlog: float
+    method: str
+    tol: float
+    maxnvb: int
+    maxnit: int
+    resms: bool
+    safe_mode: bool
+    reml: bool
+    two_sided: bool
+    keep_intermediates: bool
+    output_compression: bool
+
+    @property
+    def map_suffix(self) -> str:
+        """File suffix of the output maps."""
+        return ".nii.gz" if self.output_compression else ".nii"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the resolved config in BLMM's key layout (for ``inputs.yml``)."""
+        out: dict[str, Any] = {
+            "Y_files": str(self.Y_files),
+            "X": str(self.X),
+            "Z": [
+                {
+                    f"f{i + 1}": {
+                        "name": f.name,
+                        "factor": str(f.factor),
+                        "design": str(f.design),
+                    }
+                }
+                for i, f in enumerate(self.factors)
+            ],
+            "outdir": str(self.outdir),
+            "contrasts": [
+                {f"c{i + 1}": {"name": c.name, "vector": c.L.tolist()}}
+                for i, c in enumerate(self.contrasts)
+            ],
+            "MAXMEM": self.MAXMEM,
+        }
+        if self.data_mask_files is not None:
+            out["data_mask_files"] = str(self.data_mask_files)
+        if self.data_mask_thresh is not None:
+            out["data_mask_thresh"] = self.data_mask_thresh
+        miss = {}
+        if self.min_percent is not None:
+            miss["MinPercent"] = self.min_percent
+        if self.min_n is not None:
+            miss["MinN"] = self.min_n
+        if miss:
+            out["Missingness"] = miss
+        if self.analysis_mask is not None:
+            out["analysis_mask"] = str(self.analysis_mask)
+        out.update(
+            OutputCovB=self.output_cov_b,
+            minlog=self.minlog,
+            method=self.method,
+            tol=self.tol,
+            maxnvb=self.maxnvb,
+            maxnit=self.maxnit,
+            resms=int(self.resms),
+            safeMode=int(self.safe_mode),
+            estimation="REML" if self.reml else "ML",
+            two_sided=self.two_sided,
+            keep_intermediates=self.keep_intermediates,
+            output_compression=self.output_compression,
+        )
+        return out
+
+
+def _resolve(value: str, workdir: Path) -> Path:
+    """Resolve a config path against the working directory (as BLMM did)."""
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else workdir / path
+
+
+def _numbered(items: Any, prefix: str, key: str, problems: list[str]) -> list[dict]:
+    """Return the bodies of a BLMM list ``- f1: {...}``, ``- f2: {...}`` in order."""
+    if not isinstance(items, list) or not items:
+        problems.append(f"{key}: must be a non-empty list of {prefix}1, {prefix}2, ...")
+        return []
+    bodies = []
+    for i, item in enumerate(items):
+        want = f"{prefix}{i + 1}"
+        if not isinstance(item, dict) or list(item) != [want]:
+            got = list(item) if isinstance(item, dict) else item
+            problems.append(f"{key}[{i}]: expected one key {want!r}, got {got!r}")
+            bodies.append({})
+        else:
+            bodies.append(item[want] or {})
+    return bodies
+
+
+def _flag(value: Any) -> bool:
+    """Return a BLMM 0/1/True/False switch as a bool."""
+    return bool(int(value)) if not isinstance(value, bool) else value
+
+
+def parse_settings(config: dict[str, Any], workdir: Path) -> Settings:
+    """Parse a BLMM config mapping into :class:`Settings`.
+
+    Parameters
+    ----------
+    config : dict
+        The config as loaded from YAML (schema defaults may already be filled in).
+    workdir : Path
+        Directory that relative paths are resolved against.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found.
+    """
+    problems: list[str] = []
+    workdir = Path(workdir).resolve()
+
+    for key in IGNORED_KEYS:
+        if key in config:
+            logger.info(
+                "Config key %r is accepted for BLMM compatibility and ignored "
+                "(Snakemake schedules the jobs; see README).",
+                key,
+            )
+
+    for key in ("Y_files", "X", "Z", "outdir", "contrasts"):
+        if config.get(key) in (None, "", []):
+            problems.append(f"{key}: required key is missing or empty")
+
+    factors = []
+    for i, body in enumerate(_numbered(config.get("Z") or [None], "f", "Z", problems)):
+        if not body:
+            continue
+        for part in ("factor", "design"):
+            if not body.get(part):
+                problems.append(f"Z f{i + 1}: '{part}' (a CSV file) is missing")
+        if body.get("factor") and body.get("design"):
+            factors.append(
+                FactorSpec(
+                    str(body.get("name", f"f{i + 1}")),
+                    _resolve(body["factor"], workdir),
+                    _resolve(body["design"], workdir),
+                )
+            )
+
+    contrasts = []
+    cbodies = _numbered(config.get("contrasts") or [None], "c", "contrasts", problems)
+    for i, body in enumerate(cbodies):
+        if not body:
+            continue
+        name = str(body.get("name", f"c{i + 1}"))
+        if "vector" not in body:
+            problems.append(f"contrasts c{i + 1} ({name}): 'vector' is missing")
+            continue
+        try:
+            contrasts.append(Contrast(name, parse_vector(body["vector"])))
+        except ValueError as err:
+            problems.append(f"contrasts c{i + 1} ({name}): vector {err}")
+
+    def number(key: str, parser, default, check=None, what=""):
+        """Parse one numeric key, recording a problem instead of raising."""
+        value = config.get(key, default)
+        if value is None:
+            return None
+        try:
+            out = parser(value)
+        except ValueError as err:
+            problems.append(f"{key}: {err}")
+            return default if not isinstance(default, str) else None
+        if check is not None and not check(out):
+            problems.append(f"{key}: {value!r} is out of range ({what})")
+        return out
+
+    maxmem = number("MAXMEM", parse_int_expr, 2**32, lambda v: v > 0, "must be > 0")
+    thresh = number("data_mask_thresh", parse_float, None)
+    tol = number("tol", parse_float, 1e-6, lambda v: v > 0, "must be > 0")
+    minlog = number("minlog", parse_float, DEFAULT_MINLOG, lambda v: v <= 0, "<= 0")
+    maxnvb = number("maxnvb", parse_int_expr, 60, lambda v: v >= 1, "must be >= 1")
+    maxnit = number("maxnit", parse_int_expr, 10000, lambda v: v >= 1, "must be >= 1")
+
+    miss = config.get("Missingness") or {}
+    if not isinstance(miss, dict):
+        problems.append("Missingness: must be a mapping with MinPercent and/or MinN")
+        miss = {}
+    min_percent = miss.get("MinPercent", miss.get("minpercent"))
+    min_n = miss.get("MinN", miss.get("minn"))
+    if min_percent is not None:
+        try:
+            min_percent = parse_fraction(min_percent)
+            if not 0 <= min_percent <= 1:
+                problems.append(
+                    f"Missingness MinPercent: {min_percent} is out of range "
+                    "(a fraction in [0, 1] or a percentage such as '10%')"
+                )
+        except ValueError as err:
+            problems.append(f"Missingness MinPercent: {err}")
+            min_percent = None
+    if min_n is not None:
+        try:
+            min_n = parse_float(min_n)
+            if min_n < 0:
+                problems.append(f"Missingness MinN: {min_n} is out of range (>= 0)")
+        except ValueError as err:
+            problems.append(f"Missingness MinN: {err}")
+            min_n = None
+
+    method = str(config.get("method", "pSFS"))
+    if method not in METHODS:
+        problems.append(f"method: {method!r} is not one of {', '.join(METHODS)}")
+    estimation = str(config.get("estimation", "REML")).upper()
+    if estimation not in ("REML", "ML"):
+        problems.append(f"estimation: {estimation!r} is not REML or ML")
+
+    flags = {}
+    for key, field_name, default in (
+        ("OutputCovB", "output_cov_b", True),
+        ("resms", "resms", False),
+        ("safeMode", "safe_mode", True),
+        ("two_sided", "two_sided", False),
+        ("keep_intermediates", "keep_intermediates", True),
+        ("output_compression", "output_compression", False),
+    ):
+        try:
+            flags[field_name] = _flag(config.get(key, default))
+        except (TypeError, ValueError):
+            problems.append(
+                f"{key}: {config.get(key)!r} is not a switch (0/1, true/false)"
+            )
+            flags[field_name] = default
+
+    if problems:
+        raise ConfigError(problems)
+
+    def opt_path(key: str) -> Path | None:
+        """Resolve an optional path key."""
+        value = config.get(key)
+        return _resolve(value, workdir) if value else None
+
+    return Settings(
+        Y_files=_resolve(config["Y_files"], workdir),
+        X=_resolve(config["X"], workdir),
+        factors=tuple(factors),
+        outdir=_resolve(config["outdir"], workdir),
+        contrasts=tuple(contrasts),
+        MAXMEM=maxmem,
+        data_mask_files=opt_path("data_mask_files"),
+        data_mask_thresh=thresh,
+        min_percent=min_percent,
+        min_n=min_n,
+        analysis_mask=opt_path("analysis_mask"),
+        minlog=minlog,
+        method=method,
+        tol=tol,
+        maxnvb=maxnvb,
+        maxnit=maxnit,
+        reml=estimation == "REML",
+        **flags,
+    )
+
+
+# --------------------------------------------------------------------------------
+# Inputs: what the data say (checked once, before any job)
+# --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The checked inputs of an analysis.
+
+    Parameters
+    ----------
+    images : tuple of Path, length n_images
+    data_masks : tuple of Path (length n_images) or None
+    shape : tuple of int
+        Spatial shape of the first image.
+    affine : ndarray of shape (4, 4)
+    X : ndarray of shape (n_images, p)
+    factors : tuple of Factor
+    n_voxels : int
+        Voxels in the analysis mask (all voxels of the grid without one).
+    """
+
+    images: tuple[Path, ...]
+    data_masks: tuple[Path, ...] | None
+    shape: tuple[int, ...]
+    affine: NDArray[np.float64]
+    X: NDArray[np.float64]
+    factors: tuple[Factor, ...]
+    n_voxels: int
+
+    @property
+    def n_images(self) -> int:
+        """Number of images (rows of X)."""
+        return len(self.images)
+
+    @property
+    def p(self) -> int:
+        """Number of fixed effects (columns of X)."""
+        return self.X.shape[1]
+
+    @property
+    def random_effects(self) -> RandomEffects:
+        """Sizes of the random-effects part."""
+        return RandomEffects.of(list(self.factors))
+
+
+def _check_image(
+    path: Path, label: str, shape: tuple, affine: NDArray, problems: list[str]
+) -> None:
+    """Record a problem if an image is missing or off the first image's grid."""
+    if not path.is_file():
+        problems.append(f"{label}: file {path} does not exist")
+        return
+    try:
+        s, a = io.image_grid(path)
+    except Exception as err:
+        problems.append(f"{label}: {path} cannot be read as an image ({err})")
+        return
+    if s != shape:
+        problems.append(
+            f"{label}: {path} has shape {s}, the first image has shape {shape}"
+        )
+    elif not np.allclose(a, affine, rtol=1e-5, atol=1e-4):
+        problems.append(f"{label}: {path} has a different affine than the first image")
+
+
+def check_inputs(settings: Settings) -> Inputs:
+    """Read the lists, tables and image headers of a config and check the data.
+
+    Parameters
+    ----------
+    settings : Settings
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found.
+    """
+    problems: list[str] = []
+
+    def table(path: Path, label: str) -> NDArray[np.float64] | None:
+        """Read a numeric CSV, recording a problem on failure."""
+        if not path.is_file():
+            problems.append(f"{label}: file {path} does not exist")
+            return None
+        try:
+            return io.read_numeric_table(path)
+        except ValueError as err:
+            problems.append(f"{label}: {path}: {err}")
+            return None
+
+    images: list[Path] = []
+    if settings.Y_files.is_file():
+        images = [Path(p) for p in io.read_path_list(settings.Y_files)]
+        if not images:
+            problems.append(f"Y_files: {settings.Y_files} lists no images")
+    else:
+        problems.append(f"Y_files: file {settings.Y_files} does not exist")
+    n = len(images)
+
+    shape, affine = (), np.eye(4)
+    if images:
+        first = images[0]
+        if first.is_file():
+            try:
+                shape, affine = io.image_grid(first)
+            except Exception as err:
+                problems.append(f"Y_files: first image {first} cannot be read ({err})")
+        else:
+            problems.append(f"Y_files: first image {first} does not exist")
+    if shape:
+        for i, path in enumerate(images[1:], start=2):
+            _check_image(path, f"Y_files image {i}", shape, affine, problems)
+
+    masks = None
+    if settings.data_mask_files is not None:
+        if settings.data_mask_files.is_file():
+            masks = [Path(p) for p in io.read_path_list(settings.data_mask_files)]
+            if len(masks) != n:
+                problems.append(
+                    f"data_mask_files: {settings.data_mask_files} lists {len(masks)} "
+                    f"masks but Y_files lists {n} images (one mask per image)"
+                )
+            elif shape:
+                for i, path in enumerate(masks, start=1):
+                    _check_image(
+                        path, f"data_mask_files mask {i}", shape, affine, problems
+                    )
+        else:
+            problems.append(
+                f"data_mask_files: file {settings.data_mask_files} does not exist"
+            )
+
+    n_voxels = int(np.prod(shape)) if shape else 0
+    if settings.analysis_mask is not None and shape:
+        _check_image(settings.analysis_mask, "analysis_mask", shape, affine, problems)
+        if settings.analysis_mask.is_file() and not problems:
+            n_voxels = int(analysis_voxels(io.load_volume(settings.analysis_mask)).size)
+            if n_voxels == 0:
+                problems.append(f"analysis_mask: {settings.analysis_mask} is all zero")
+
+    X = table(settings.X, "X")
+    p = None
+    if X is not None:
+        p = X.shape[1]
+        if n and X.shape[0] != n:
+            problems.append(
+                f"X: {settings.X} has {X.shape[0]} rows but Y_files lists {n} images"
+            )
+        if np.isnan(X).any():
+            problems.append(f"X: {settings.X} contains NaN")
+        elif np.linalg.matrix_rank(X) < p:
+            problems.append(
+                f"X: {settings.X} is rank deficient (rank {np.linalg.matrix_rank(X)} "
+                f"< {p} columns)"
+            )
+
+    factors = []
+    for k, spec in enumerate(settings.factors, start=1):
+        labels = table(spec.factor, f"Z f{k} factor")
+        design = table(spec.design, f"Z f{k} design")
+        ok = True
+        for arr, part, path in (
+            (labels, "factor", spec.factor),
+            (design, "design", spec.design),
+        ):
+            if arr is None:
+                ok = False
+            elif n and arr.shape[0] != n:
+                problems.append(
+                    f"Z f{k} {part}: {path} has {arr.shape[0]} rows but Y_files "
+                    f"lists {n} images"
+                )
+                ok = False
+            elif np.isnan(arr).any():
+                problems.append(f"Z f{k} {part}: {path} contains NaN or empty cells")
+                ok = False
+        if labels is not None and labels.shape[1] != 1:
+            problems.append(
+                f"Z f{k} factor: {spec.factor} has {labels.shape[1]} columns "
+                "(expected 1)"
+            )
+            ok = False
+        if ok:
+            factors.append(Factor.from_labels(labels[:, 0], design, spec.name))
+
+    if p is not None:
+        for i, c in enumerate(settings.contrasts, start=1):
+            if c.L.shape[-1] != p:
+                problems.append(
+                    f"contrasts c{i} ({c.name}): has {c.L.shape[-1]} columns but X "
+                    f"has p = {p}"
+                )
+            elif c.is_f and np.linalg.matrix_rank(c.L) < c.L.shape[0]:
+                problems.append(
+                    f"contrasts c{i} ({c.name}): F contrast is rank deficient "
+                    f"(rank {np.linalg.matrix_rank(c.L)} < {c.L.shape[0]} rows)"
+                )
+
+    if problems:
+        raise ConfigError(problems)
+    return Inputs(
+        images=tuple(images),
+        data_masks=tuple(masks) if masks is not None else None,
+        shape=shape,
+        affine=affine,
+        X=X,
+        factors=tuple(factors),
+        n_voxels=n_voxels,
+    )
+
+
+def load(config: dict[str, Any], workdir: Path) -> tuple[Settings, Inputs]:
+    """Parse and check a config in one go (settings problems first)."""
+    settings = parse_settings(config, workdir)
+    return settings, check_inputs(settings)

@@ -1,0 +1,193 @@
+"""File formats: path lists, numeric CSV tables, NIfTI images, arrays and YAML.
+
+Nothing else in the package touches disk.  Output maps are written atomically (a
+temporary file in the same folder, then a rename), so a failed job never leaves a
+half-written map behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import yaml
+from numpy.typing import NDArray
+
+logger = logging.getLogger(__name__)
+
+
+def read_path_list(path: Path) -> list[str]:
+    """Return the non-blank lines of a text file listing one file per line.
+
+    Relative entries are resolved against the current working directory, as BLMM
+    users expect (see README, "Paths").
+    """
+    lines = Path(path).read_text().splitlines()
+    return [
+        str(Path(line.strip()).expanduser().absolute())
+        for line in lines
+        if line.strip()
+    ]
+
+
+def read_numeric_table(path: Path) -> NDArray[np.float64]:
+    """Return a CSV/TSV table of numbers as an array of shape (n_rows, n_columns).
+
+    As BLMM's ``loadFile``: a first row that is not numeric is taken as a column
+    header, a first column that is not numeric as row labels; both are dropped.
+    Empty cells become NaN (the caller reports them).
+
+    Raises
+    ------
+    ValueError
+        If a cell other than the header or row labels is not a number.
+    """
+    sep = "\t" if Path(path).suffix == ".tsv" else ","
+    try:
+        df = pd.read_csv(path, header=None, sep=sep, dtype=str, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"cannot be read as a table ({err})") from err
+    if df.empty:
+        raise ValueError("the file is empty")
+    num = df.apply(pd.to_numeric, errors="coerce")
+    bad = num.isna() & df.notna()
+    if bad.iloc[0].any() and not bad.iloc[1:].to_numpy().any():
+        num, bad = num.iloc[1:], bad.iloc[1:]  # header row
+    if (
+        len(num.columns) > 1
+        and bad.iloc[:, 0].any()
+        and not bad.iloc[:, 1:].to_numpy().any()
+    ):
+        num, bad = num.iloc[:, 1:], bad.iloc[:, 1:]  # row labels
+    if bad.to_numpy().any():
+        row, col = np.argwhere(bad.to_numpy())[0]
+        raise ValueError(
+            f"not numbers only (row {row + 1}, column {col + 1} is "
+            f"{df.iloc[row, col]!r}; {int(bad.to_numpy().sum())} bad cells)"
+        )
+    return num.to_numpy(dtype=np.float64)
+
+
+def image_grid(path: Path) -> tuple[tuple[int, ...], NDArray[np.float64]]:
+    """Return (spatial shape, affine) of an image from its header only."""
+    img = nib.load(str(path))
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape, np.asarray(img.affine, dtype=np.float64)
+
+
+def load_volume(path: Path) -> NDArray[np.float64]:
+    """Return the data of one image as float64, trailing singleton axes dropped."""
+    data = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    return data
+
+
+def load_voxels(
+    paths: Sequence[Path], voxels: NDArray[np.intp] | None
+) -> NDArray[np.float64]:
+    """Return the values of images at some voxels.
+
+    Parameters
+    ----------
+    paths : sequence of Path, length n_images
+    voxels : ndarray of shape (n_voxels,) or None
+        Flat C-order voxel indices; None for all voxels.
+
+    Returns
+    -------
+    ndarray of shape (n_images, n_voxels)
+    """
+    rows = []
+    for path in paths:
+        flat = load_volume(path).reshape(-1)
+        rows.append(flat if voxels is None else flat[voxels])
+    return np.vstack(rows) if rows else np.zeros((0, 0))
+
+
+def save_map(
+    path: Path,
+    volumes: NDArray,
+    reference: Path,
+    dtype: type,
+) -> None:
+    """Write a map as NIfTI with the reference image's affine and spatial header.
+
+    Parameters
+    ----------
+    path : Path
+        Ends in ``.nii`` or ``.nii.gz``.
+    volumes : ndarray of shape (*grid) or (*grid, n_volumes)
+    reference : Path
+        The first input image; its affine, qform/sform codes, zooms and units are
+        copied; data type, scaling and intent are not.
+    dtype : numpy dtype
+        ``np.float32`` for statistics, ``np.int32`` for counts, masks and codes.
+    """
+    path = Path(path)
+    ref = nib.load(str(reference))
+    data = np.ascontiguousarray(volumes, dtype=dtype)
+    header = nib.Nifti1Header()
+    if isinstance(ref.header, nib.Nifti1Header):
+        header.set_qform(ref.header.get_qform(), int(ref.header["qform_code"]))
+        header.set_sform(ref.header.get_sform(), int(ref.header["sform_code"]))
+        header.set_xyzt_units(*ref.header.get_xyzt_units())
+    img = nib.Nifti1Image(data, ref.affine, header=header)
+    img.header.set_data_dtype(dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
+    try:
+        nib.save(img, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_arrays(path: Path, **arrays: NDArray) -> None:
+    """Write arrays to one uncompressed ``.npz`` file."""
+    with Path(path).open("wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def load_arrays(path: Path) -> dict[str, NDArray]:
+    """Read every array of an ``.npz`` file into memory."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def save_array(path: Path, array: NDArray) -> None:
+    """Write one array as ``.npy`` (readable later with ``mmap_mode``)."""
+    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def open_rows(path: Path, start: int, stop: int) -> NDArray:
+    """Return rows start:stop of a ``.npy`` file without reading the rest."""
+    return np.array(np.load(path, mmap_mode="r")[start:stop])
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a JSON document."""
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON document."""
+    return json.loads(Path(path).read_text())
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    """Write a YAML document atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)

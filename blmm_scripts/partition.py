@@ -1,0 +1,75 @@
+"""The shape of the DAG: image batches and voxel batches, known before any job runs.
+
+Image batches follow BLMM's rule (reference section 6): a batch holds
+``blksize = floor(MAXMEM / (8 * mem_vol * p))`` images with ``mem_vol = 8 * V`` bytes
+for a volume of V voxels, so a batch's data and its products stay within MAXMEM.
+
+Voxel batches are ``np.array_split`` of the analysis-mask voxel list (flat C order)
+into ``nvb = min(maxnvb, ceil(V_am / voxels_per_job), V_am)`` parts, where
+``voxels_per_job`` is how many voxels' products fit in MAXMEM
+(:func:`voxel_bytes`).  Inside a job, estimation runs in chunks of
+:func:`voxel_chunk` voxels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from blmm_scripts.structure import RandomEffects
+
+#: Working copies per voxel on top of the stored products (solves, Woodbury terms,
+#: derivatives); BLMM used the same factor 10 (its "80 bytes" = 10 float64).
+WORK_FACTOR = 10
+
+
+def image_batch_size(maxmem: int, n_grid_voxels: int, p: int) -> int:
+    """Return the number of images per batch, BLMM's ``blksize``.
+
+    Raises
+    ------
+    ValueError
+        If MAXMEM cannot hold one image's products (BLMM's "Blocksize too small").
+    """
+    mem_vol = 8 * n_grid_voxels
+    size = maxmem // (8 * mem_vol * p)
+    if size < 1:
+        raise ValueError(
+            f"MAXMEM = {maxmem} is too small for one image of {n_grid_voxels} voxels "
+            f"and p = {p} (needs at least {8 * mem_vol * p})"
+        )
+    return int(size)
+
+
+def image_batches(n_images: int, batch_size: int) -> list[tuple[int, int]]:
+    """Return (start, stop) image-row ranges of the batches, in order."""
+    return [(s, min(s + batch_size, n_images)) for s in range(0, n_images, batch_size)]
+
+
+def voxel_bytes(p: int, re: RandomEffects) -> int:
+    """Return the bytes one ring voxel needs during estimation (rule of thumb)."""
+    # Z'Z is block diagonal for one factor (see blmm_scripts.structure)
+    zz = re.n_levels[0] * re.n_raneffs[0] ** 2 if re.one_factor else re.q**2
+    stored = p * p + re.q * p + zz + re.q + p + 2
+    return 8 * WORK_FACTOR * stored
+
+
+def n_voxel_batches(
+    n_voxels: int, maxmem: int, p: int, re: RandomEffects, maxnvb: int
+) -> int:
+    """Return the number of voxel batches (jobs), at least 1 and at most maxnvb."""
+    per_job = max(1, maxmem // voxel_bytes(p, re))
+    return int(max(1, min(maxnvb, math.ceil(n_voxels / per_job), n_voxels)))
+
+
+def voxel_batches(n_voxels: int, n_batches: int) -> list[tuple[int, int]]:
+    """Return (start, stop) ranges into the analysis-mask voxel list, as array_split."""
+    bounds = [len(a) for a in np.array_split(np.arange(n_voxels), n_batches)]
+    stops = np.cumsum(bounds)
+    return [(int(b - n), int(b)) for n, b in zip(bounds, stops, strict=True)]
+
+
+def voxel_chunk(maxmem: int, p: int, re: RandomEffects) -> int:
+    """Return how many voxels one fit/infer call may take within MAXMEM."""
+    return int(max(1, maxmem // voxel_bytes(p, re)))

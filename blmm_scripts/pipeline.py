@@ -1,0 +1,500 @@
+"""The stages of a BLMM analysis as pure functions, and a direct in-memory run.
+
+The Snakemake rules call these functions through thin adapters
+(``blmm_scripts/workflow/*.py``) on one image batch or one voxel batch each;
+:func:`run_pipeline` calls them on everything at once.  The workflow tests check
+that both give the same maps.
+
+Stages (``rules/*.smk``)::
+
+    batch b      images of batch b  -> X'Y, Z'Y (touched columns), Y'Y, n, missing
+    concat j     batch parts        -> sufficient statistics of voxel batch j
+    estimate j   statistics         -> missingness rules, fit (beta, sigma2, D, status)
+    inference j  statistics + fit   -> contrasts, standard errors, T/F, p-values, df
+    maps         all j              -> NIfTI maps
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from blmm_scripts import io
+from blmm_scripts.config import Contrast, Inputs, Settings, check_inputs, parse_settings
+from blmm_scripts.masks import analysis_voxels, keep_voxels, missing, observed_raneffs
+from blmm_scripts.structure import (
+    Factor,
+    FitResult,
+    Products,
+    RandomEffects,
+    Status,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Statuses whose voxels stay in the final mask.
+KEPT = (int(Status.OK), int(Status.MAXNIT))
+
+
+# --------------------------------------------------------------------------------
+# batch: one chunk of images
+# --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchProducts:
+    """Products of one batch of images at every analysis-mask voxel.
+
+    Parameters
+    ----------
+    XtY : ndarray of shape (n_voxels, p)
+    ZtY : ndarray of shape (n_voxels, k)
+        Only the k columns of Z that the batch's images touch.
+    ZtY_columns : ndarray of shape (k,)
+        Their column indices in Z.
+    YtY : ndarray of shape (n_voxels,)
+    n : ndarray of shape (n_voxels,), int32
+        Images of the batch present at each voxel.
+    missing : csr_matrix of shape (n_voxels, n_batch_images), bool
+        Missing images, listed only for voxels with 0 < n < n_batch_images (a voxel
+        with n = 0 misses every image of the batch, one with n = n_batch_images none),
+        so that voxels outside the brain cost nothing.
+    """
+
+    XtY: NDArray[np.float64]
+    ZtY: NDArray[np.float64]
+    ZtY_columns: NDArray[np.intp]
+    YtY: NDArray[np.float64]
+    n: NDArray[np.int32]
+    missing: sp.csr_matrix
+
+
+def read_batch_data(
+    images: Sequence[Path],
+    data_masks: Sequence[Path] | None,
+    voxels: NDArray[np.intp],
+    thresh: float | None,
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Return the data (0 where missing) and missingness of images at some voxels.
+
+    Returns
+    -------
+    Y : ndarray of shape (n_images, n_voxels)
+    is_missing : ndarray of shape (n_images, n_voxels), bool
+    """
+    Y = io.load_voxels(images, voxels)
+    M = io.load_voxels(data_masks, voxels) if data_masks is not None else None
+    is_missing = missing(Y, M, thresh)
+    Y[is_missing] = 0.0
+    return Y, is_missing
+
+
+def batch_products(
+    X: NDArray[np.float64],
+    factors: Sequence[Factor],
+    rows: tuple[int, int],
+    Y: NDArray[np.float64],
+    is_missing: NDArray[np.bool_],
+) -> BatchProducts:
+    """Return the products of one batch of images.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_images, p)
+        The whole design.
+    factors : sequence of Factor
+    rows : (start, stop)
+        The batch's images, rows start:stop of X.
+    Y : ndarray of shape (n_batch_images, n_voxels)
+        0 where missing.
+    is_missing : ndarray of shape (n_batch_images, n_voxels), bool
+    """
+    from blmm_scripts.products import chunk_products
+
+    index = np.arange(*rows)
+    cp = chunk_products(X, list(factors), index, Y)
+    n = (~is_missing).sum(axis=0).astype(np.int32)
+    partial = (n > 0) & (n < index.size)
+    M = sp.csr_matrix(is_missing.T & partial[:, None])
+    return BatchProducts(
+        np.asarray(cp.XtY),
+        np.asarray(cp.ZtY),
+        np.asarray(cp.ZtY_columns, dtype=np.intp),
+        np.asarray(cp.YtY),
+        n,
+        M,
+    )
+
+
+# --------------------------------------------------------------------------------
+# concat: sufficient statistics of one voxel batch
+# --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VoxelStats:
+    """Sufficient statistics of a batch of voxels (sums over all images).
+
+    Parameters
+    ----------
+    XtY : ndarray of shape (n_voxels, p)
+    ZtY : ndarray of shape (n_voxels, q)
+    YtY : ndarray of shape (n_voxels,)
+    n : ndarray of shape (n_voxels,), int32
+    missing : csr_matrix of shape (n_voxels, n_images), bool
+        Missing images of each voxel (all images for a voxel with n = 0).
+    """
+
+    XtY: NDArray[np.float64]
+    ZtY: NDArray[np.float64]
+    YtY: NDArray[np.float64]
+    n: NDArray[np.int32]
+    missing: sp.csr_matrix
+
+
+def concat_batches(
+    parts: Sequence[tuple[tuple[int, int], BatchProducts]], n_images: int, q: int
+) -> VoxelStats:
+    """Sum the batch products of the same voxels into sufficient statistics.
+
+    Parameters
+    ----------
+    parts : sequence of ((start, stop), BatchProducts)
+        Every image batch, its rows into the image list and its products restricted
+        to the voxels of this voxel batch (the same voxels in every part).
+    n_images : int
+    q : int
+        Columns of Z.
+    """
+    first = parts[0][1]
+    n_vox = first.YtY.shape[0]
+    XtY = np.zeros_like(first.XtY)
+    ZtY = np.zeros((n_vox, q))
+    YtY = np.zeros(n_vox)
+    n = np.zeros(n_vox, dtype=np.int32)
+    vox_ids, img_ids = [], []
+    for (start, stop), part in parts:
+        XtY += part.XtY
+        ZtY[:, part.ZtY_columns] += part.ZtY
+        YtY += part.YtY
+        n += part.n
+        coo = part.missing.tocoo()
+        vox_ids.append(coo.row)
+        img_ids.append(coo.col + start)
+        empty = np.flatnonzero(part.n == 0)
+        vox_ids.append(np.repeat(empty, stop - start))
+        img_ids.append(np.tile(np.arange(start, stop), empty.size))
+    rows = np.concatenate(vox_ids).astype(np.intp)
+    cols = np.concatenate(img_ids).astype(np.intp)
+    M = sp.csr_matrix(
+        (np.ones(rows.size, dtype=bool), (rows, cols)), shape=(n_vox, n_images)
+    )
+    M.sort_indices()
+    return VoxelStats(XtY, ZtY, YtY, n, M)
+
+
+# --------------------------------------------------------------------------------
+# estimate and inference: one voxel batch
+# --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The missingness rules of a voxel (see :mod:`blmm_scripts.masks`)."""
+
+    min_percent: float | None = None
+    min_n: float | None = None
+    safe_mode: bool = True
+
+
+def _groups(
+    stats: VoxelStats,
+    X: NDArray[np.float64],
+    factors: Sequence[Factor],
+    select: NDArray[np.bool_],
+    chunk: int,
+) -> Iterator[tuple[NDArray[np.intp], Products]]:
+    """Yield (voxel positions, Products) for the selected voxels, inner then ring.
+
+    Inner voxels (every image present) share the full design's products; ring
+    voxels get theirs from :func:`ring_design_products`.  At most ``chunk`` voxels
+    per item.
+    """
+    from blmm_scripts.products import design_products, ring_design_products
+
+    n_images = X.shape[0]
+    inner = np.flatnonzero(select & (stats.n == n_images))
+    ring = np.flatnonzero(select & (stats.n < n_images))
+    if inner.size:
+        XtX, ZtX, ZtZ = design_products(X, list(factors))
+        for idx in np.array_split(inner, -(-inner.size // chunk)):
+            yield idx, _products(stats, idx, XtX, ZtX, ZtZ)
+    for idx in np.array_split(ring, -(-ring.size // chunk)) if ring.size else []:
+        XtX, ZtX, ZtZ = ring_design_products(X, list(factors), stats.missing[idx])
+        yield idx, _products(stats, idx, XtX, ZtX, ZtZ)
+
+
+def _products(stats: VoxelStats, idx: NDArray[np.intp], XtX, ZtX, ZtZ) -> Products:
+    """Bundle design products with the data products of some voxels."""
+    return Products(
+        XtX,
+        ZtX,
+        ZtZ,
+        stats.XtY[idx],
+        stats.ZtY[idx],
+        stats.YtY[idx],
+        stats.n[idx].astype(np.float64),
+    )
+
+
+def estimate_voxels(
+    stats: VoxelStats,
+    X: NDArray[np.float64],
+    factors: Sequence[Factor],
+    rules: Rules,
+    *,
+    method: str = "pSFS",
+    reml: bool = True,
+    tol: float = 1e-6,
+    maxnit: int = 10000,
+    chunk: int = 10000,
+) -> FitResult:
+    """Apply the missingness rules and fit the model at every voxel of a batch.
+
+    Returns
+    -------
+    FitResult
+        For every voxel of the batch; voxels dropped by the rules have status
+        OUTSIDE and zero estimates.
+    """
+    from blmm_scripts.estimation import fit
+
+    n_images, p = X.shape
+    re = RandomEffects.of(list(factors))
+    q_obs = observed_raneffs(stats.missing, factors)
+    keep = keep_voxels(
+        stats.n,
+        n_images,
+        p,
+        q_obs,
+        min_percent=rules.min_percent,
+        min_n=rules.min_n,
+        safe_mode=rules.safe_mode,
+    )
+    v = stats.n.size
+    beta = np.zeros((v, p))
+    sigma2 = np.zeros(v)
+    D = [np.zeros((v, qk, qk)) for qk in re.n_raneffs]
+    llh = np.zeros(v)
+    nit = np.zeros(v, dtype=np.int64)
+    status = np.full(v, int(Status.OUTSIDE), dtype=np.int64)
+    done = 0
+    for idx, products in _groups(stats, X, factors, keep, chunk):
+        res = fit(products, re, method=method, reml=reml, tol=tol, maxnit=maxnit)
+        beta[idx], sigma2[idx], llh[idx] = res.beta, res.sigma2, res.llh
+        nit[idx], status[idx] = res.nit, res.status
+        for Dk, Rk in zip(D, res.D, strict=True):
+            Dk[idx] = Rk
+        done += idx.size
+        logger.info("fitted %d of %d voxels", done, int(keep.sum()))
+    counts = {Status(s).name: int((status == s).sum()) for s in np.unique(status)}
+    logger.info("status counts: %s", counts)
+    return FitResult(beta, sigma2, D, llh, nit, status, reml)
+
+
+def infer_voxels(
+    stats: VoxelStats,
+    X: NDArray[np.float64],
+    factors: Sequence[Factor],
+    fitted: FitResult,
+    contrasts: Sequence[Contrast],
+    *,
+    two_sided: bool = False,
+    minlog: float = -323.3062153431158,
+    chunk: int = 10000,
+) -> dict[str, NDArray[np.float64]]:
+    """Return every statistic of a voxel batch (zero where a voxel has no fit).
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``covB`` (v, p, p), ``resms`` (v,), T statistics ``con``, ``conSE``,
+        ``conT``, ``conTlp``, ``conT_swedf`` (v, n_t) and F statistics ``conF``,
+        ``conFlp``, ``conF_swedf``, ``conR2`` (v, n_f).
+    """
+    from blmm_scripts.inference import infer
+
+    re = RandomEffects.of(list(factors))
+    v, p = fitted.beta.shape
+    n_t = sum(not c.is_f for c in contrasts)
+    n_f = len(contrasts) - n_t
+    out = {"covB": np.zeros((v, p, p)), "resms": np.zeros(v)}
+    for name in ("con", "conSE", "conT", "conTlp", "conT_swedf"):
+        out[name] = np.zeros((v, n_t))
+    for name in ("conF", "conFlp", "conF_swedf", "conR2"):
+        out[name] = np.zeros((v, n_f))
+    ok = np.isin(fitted.status, KEPT)
+    Ls = [c.L for c in contrasts]
+    for idx, products in _groups(stats, X, factors, ok, chunk):
+        sub = FitResult(
+            fitted.beta[idx],
+            fitted.sigma2[idx],
+            [Dk[idx] for Dk in fitted.D],
+            fitted.llh[idx],
+            fitted.nit[idx],
+            fitted.status[idx],
+            fitted.reml,
+        )
+        res = infer(products, re, sub, Ls, two_sided=two_sided, minlog=minlog)
+        for name in out:
+            out[name][idx] = getattr(res, name)
+    logger.info("inference done for %d voxels", int(ok.sum()))
+    return out
+
+
+# --------------------------------------------------------------------------------
+# maps
+# --------------------------------------------------------------------------------
+
+#: Maps and whether they are integer (int32) maps; order as written.
+INT_MAPS = ("mask", "n", "edf", "status", "nit")
+SCALAR_MAPS = ("mask", "n", "edf", "status", "nit", "sigma2", "llh", "resms")
+
+
+def map_names(n_t: int, n_f: int, output_cov: bool, resms: bool) -> list[str]:
+    """Return the output maps of an analysis (names without ``blmm_vox_``)."""
+    names = ["mask", "n", "edf", "beta", "sigma2", "D", "llh", "status", "nit"]
+    if output_cov:
+        names.append("cov")
+    if resms:
+        names.append("resms")
+    if n_t:
+        names += ["con", "conSE", "conT", "conTlp", "conT_swedf"]
+    if n_f:
+        names += ["conF", "conFlp", "conF_swedf", "conR2"]
+    return names
+
+
+def voxel_maps(
+    n: NDArray[np.int32],
+    fitted: FitResult,
+    stats: dict[str, NDArray[np.float64]],
+    p: int,
+) -> dict[str, NDArray]:
+    """Return every map's values at a list of voxels, volumes on the last axis.
+
+    Outside the final mask (status not OK or MAXNIT) every map is 0, except
+    ``status`` (why the voxel was dropped) and ``n`` (images present).
+    """
+    ok = np.isin(fitted.status, KEPT)
+    v = n.size
+    okc = ok[:, None]
+    values: dict[str, NDArray] = {
+        "mask": ok.astype(np.int32),
+        "n": n.astype(np.int32),
+        "edf": np.where(ok, n - p, 0).astype(np.int32),
+        "status": fitted.status.astype(np.int32),
+        "nit": np.where(ok, fitted.nit, 0).astype(np.int32),
+        "beta": np.where(okc, fitted.beta, 0.0),
+        "sigma2": np.where(ok, fitted.sigma2, 0.0),
+        "D": np.where(okc, fitted.D_vech, 0.0),
+        "llh": np.where(ok, fitted.llh, 0.0),
+        "cov": np.where(okc, stats["covB"].reshape(v, p * p), 0.0),
+        "resms": np.where(ok, stats["resms"], 0.0),
+    }
+    for name in ("con", "conSE", "conT", "conTlp", "conT_swedf"):
+        values[name] = np.where(okc, stats[name], 0.0)
+    for name in ("conF", "conFlp", "conF_swedf", "conR2"):
+        values[name] = np.where(okc, stats[name], 0.0)
+    return values
+
+
+def to_grid(
+    values: NDArray, voxels: NDArray[np.intp], shape: tuple[int, ...], name: str
+) -> NDArray:
+    """Scatter voxel values into the image grid, as int32 or float32.
+
+    Scalar maps are 3-D; maps that hold one volume per parameter or contrast
+    (beta, D, cov, con*, conF*, conR2) are always 4-D, volumes last.
+    """
+    dtype = np.int32 if name in INT_MAPS else np.float32
+    n_grid = int(np.prod(shape))
+    if name in SCALAR_MAPS:
+        grid = np.zeros(n_grid, dtype=dtype)
+        grid[voxels] = values
+        return grid.reshape(shape)
+    grid = np.zeros((n_grid, values.shape[1]), dtype=dtype)
+    grid[voxels] = values
+    return grid.reshape(*shape, values.shape[1])
+
+
+# --------------------------------------------------------------------------------
+# direct run
+# --------------------------------------------------------------------------------
+
+
+def run_pipeline(
+    config: dict[str, Any], workdir: Path
+) -> tuple[dict[str, NDArray], Settings, Inputs]:
+    """Run a whole analysis in memory, in one image batch and one voxel batch.
+
+    Parameters
+    ----------
+    config : dict
+        A BLMM config (as loaded from YAML).
+    workdir : Path
+        Directory relative paths resolve against.
+
+    Returns
+    -------
+    maps : dict of str to ndarray
+        Every output map on the image grid (int32 or float32), keyed by the name
+        without ``blmm_vox_``.
+    settings, inputs
+        The parsed config and checked inputs.
+    """
+    settings = parse_settings(config, workdir)
+    inputs = check_inputs(settings)
+    voxels = analysis_voxels(
+        io.load_volume(settings.analysis_mask) if settings.analysis_mask else None,
+        inputs.shape,
+    )
+    Y, is_missing = read_batch_data(
+        inputs.images, inputs.data_masks, voxels, settings.data_mask_thresh
+    )
+    n_images = inputs.n_images
+    part = batch_products(inputs.X, inputs.factors, (0, n_images), Y, is_missing)
+    stats = concat_batches([((0, n_images), part)], n_images, inputs.random_effects.q)
+    fitted = estimate_voxels(
+        stats,
+        inputs.X,
+        inputs.factors,
+        Rules(settings.min_percent, settings.min_n, settings.safe_mode),
+        method=settings.method,
+        reml=settings.reml,
+        tol=settings.tol,
+        maxnit=settings.maxnit,
+    )
+    inf = infer_voxels(
+        stats,
+        inputs.X,
+        inputs.factors,
+        fitted,
+        settings.contrasts,
+        two_sided=settings.two_sided,
+        minlog=settings.minlog,
+    )
+    values = voxel_maps(stats.n, fitted, inf, inputs.p)
+    n_t = sum(not c.is_f for c in settings.contrasts)
+    names = map_names(
+        n_t, len(settings.contrasts) - n_t, settings.output_cov_b, settings.resms
+    )
+    maps = {name: to_grid(values[name], voxels, inputs.shape, name) for name in names}
+    return maps, settings, inputs

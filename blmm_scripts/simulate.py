@@ -1,0 +1,240 @@
+"""A seeded, simulated longitudinal neuroimaging study for the example and benchmarks.
+
+Each of ``n_subjects`` subjects is scanned at ``visits`` time points.  Inside an
+ellipsoidal "brain" every voxel follows
+
+    y_ij = beta_0 + beta_1 t_ij + beta_2 age_i + beta_3 group_i
+           + b_0i + b_1i t_ij + e_ij,
+
+with a random intercept and slope per subject, cov(b_i) = sigma2 * D and
+e_ij ~ N(0, sigma2).  The time effect beta_1 is non-zero in one half of the brain and
+the group effect in a spherical blob, so T and F maps have something to find.
+Outside the brain images are 0 (missing, as in BLMM).  A fraction of images gets a
+data mask that cuts off the top slices (partial coverage), which makes "ring" voxels.
+
+:func:`simulate_study` writes everything a BLMM config needs (images, masks, lists,
+CSVs, an analysis mask and a ``blmm_config.yml``) and is what the ``simulate`` rule
+and the benchmarks call.  :func:`make_study` is the same study in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import yaml
+from numpy.typing import NDArray
+
+from blmm_scripts.structure import Factor
+
+logger = logging.getLogger(__name__)
+
+#: Example contrasts (p = 4: intercept, time, age, group).
+CONTRASTS = (
+    ("time", [0, 1, 0, 0]),
+    ("group", [0, 0, 0, 1]),
+    ("time_or_group", [[0, 1, 0, 0], [0, 0, 0, 1]]),
+)
+SIGMA2 = 2.0
+D_TRUE = np.array([[2.0, 0.3], [0.3, 0.5]])  # scaled by sigma2
+
+
+@dataclass(frozen=True)
+class Study:
+    """A simulated study in memory.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (n_images, *shape)
+        Image data, 0 outside the brain.
+    data_masks : ndarray of shape (n_images, *shape), dtype uint8
+    analysis_mask : ndarray of shape shape, dtype uint8
+    X : ndarray of shape (n_images, 4)
+    subject : ndarray of shape (n_images,), dtype int
+        Subject label (1-based) of each image.
+    Z_design : ndarray of shape (n_images, 2)
+        Random-effect covariates: intercept and time.
+    affine : ndarray of shape (4, 4)
+    names : tuple of str
+        Image file stems, ``sub-01_ses-1`` and so on.
+    """
+
+    Y: NDArray[np.float64]
+    data_masks: NDArray[np.uint8]
+    analysis_mask: NDArray[np.uint8]
+    X: NDArray[np.float64]
+    subject: NDArray[np.int64]
+    Z_design: NDArray[np.float64]
+    affine: NDArray[np.float64]
+    names: tuple[str, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial grid."""
+        return tuple(self.Y.shape[1:])
+
+    @property
+    def factor(self) -> Factor:
+        """The subject factor with random intercept and slope."""
+        return Factor.from_labels(self.subject, self.Z_design, "subject")
+
+
+def make_study(
+    n_subjects: int = 40,
+    visits: int = 3,
+    shape: tuple[int, int, int] = (10, 12, 10),
+    seed: int = 2024,
+    partial_fraction: float = 0.2,
+) -> Study:
+    """Return the simulated study in memory (same numbers as :func:`simulate_study`)."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    n = n_subjects * visits
+    subject = np.repeat(np.arange(1, n_subjects + 1), visits)
+    t = np.tile(np.arange(visits, dtype=float), n_subjects) + rng.uniform(-0.2, 0.2, n)
+    age = np.repeat(rng.normal(0.0, 1.0, n_subjects), visits)
+    group = np.repeat(rng.integers(0, 2, n_subjects), visits).astype(float)
+    X = np.column_stack([np.ones(n), t, age, group])
+    Z_design = np.column_stack([np.ones(n), t])
+
+    grid = np.stack(
+        np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), axis=-1
+    )
+    radius = np.sqrt((grid**2).sum(axis=-1))
+    brain = radius < 0.95
+    analysis_mask = (radius < 1.05).astype(np.uint8)
+    blob = np.sqrt(((grid - 0.4) ** 2).sum(axis=-1)) < 0.45
+    beta = np.zeros((*shape, 4))
+    beta[..., 0] = 100.0
+    beta[..., 1] = np.where(grid[..., 0] > 0, -1.0, 0.0)
+    beta[..., 2] = 0.5
+    beta[..., 3] = np.where(blob, 3.0, 0.0)
+
+    n_vox = int(np.prod(shape))
+    chol = np.linalg.cholesky(SIGMA2 * D_TRUE)
+    b = rng.standard_normal((n_subjects, n_vox, 2)) @ chol.T  # (subjects, voxels, 2)
+    fixed = X @ beta.reshape(n_vox, 4).T  # (n, voxels)
+    random = b[subject - 1, :, 0] + b[subject - 1, :, 1] * t[:, None]  # (n, voxels)
+    noise = rng.normal(0.0, np.sqrt(SIGMA2), (n, n_vox))
+    Y = (fixed + random + noise).reshape(n, *shape)
+    Y[:, ~brain] = 0.0
+
+    data_masks = np.ones((n, *shape), dtype=np.uint8)
+    partial = rng.random(n) < partial_fraction
+    cut = rng.integers(1, max(2, shape[2] // 3) + 1, n)
+    for i in np.flatnonzero(partial):
+        data_masks[i, :, :, shape[2] - cut[i] :] = 0
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -np.array(shape) + 1.0
+    names = tuple(
+        f"sub-{s:02d}_ses-{v + 1}"
+        for s, v in zip(subject, np.tile(np.arange(visits), n_subjects), strict=True)
+    )
+    return Study(Y, data_masks, analysis_mask, X, subject, Z_design, affine, names)
+
+
+def study_files(outdir: Path, n_subjects: int = 40, visits: int = 3) -> dict[str, Path]:
+    """Return the paths :func:`simulate_study` writes (without writing anything)."""
+    outdir = Path(outdir)
+    stems = [
+        f"sub-{s:02d}_ses-{v}"
+        for s in range(1, n_subjects + 1)
+        for v in range(1, visits + 1)
+    ]
+    files = {
+        "Y_files": outdir / "Y.txt",
+        "data_mask_files": outdir / "M.txt",
+        "X": outdir / "X.csv",
+        "factor": outdir / "subject.csv",
+        "design": outdir / "subject_design.csv",
+        "analysis_mask": outdir / "analysis_mask.nii",
+        "config": outdir / "blmm_config.yml",
+    }
+    files.update({f"image {s}": outdir / "images" / f"{s}.nii" for s in stems})
+    files.update({f"mask {s}": outdir / "masks" / f"{s}_mask.nii" for s in stems})
+    return files
+
+
+def simulate_study(
+    outdir: Path | str,
+    n_subjects: int = 40,
+    visits: int = 3,
+    shape: tuple[int, int, int] = (10, 12, 10),
+    seed: int = 2024,
+    *,
+    partial_fraction: float = 0.2,
+    results_dir: Path | str | None = None,
+) -> Path:
+    """Write a simulated study and a BLMM config for it; return the config's path.
+
+    Parameters
+    ----------
+    outdir : Path
+        Folder to write into (created).  Lists and the config hold absolute paths,
+        so the config works from any working directory.
+    n_subjects, visits, shape, seed, partial_fraction
+        See :func:`make_study`.
+    results_dir : Path, optional
+        ``outdir`` key of the written config; default ``<outdir>/results``.
+    """
+    outdir = Path(outdir).absolute()
+    study = make_study(n_subjects, visits, shape, seed, partial_fraction)
+    files = study_files(outdir, n_subjects, visits)
+    (outdir / "images").mkdir(parents=True, exist_ok=True)
+    (outdir / "masks").mkdir(parents=True, exist_ok=True)
+
+    def save(path: Path, data: NDArray, dtype: type) -> None:
+        """Write one NIfTI volume."""
+        img = nib.Nifti1Image(np.asarray(data, dtype=dtype), study.affine)
+        img.header.set_xyzt_units("mm")
+        nib.save(img, str(path))
+
+    for i, name in enumerate(study.names):
+        save(files[f"image {name}"], study.Y[i], np.float32)
+        save(files[f"mask {name}"], study.data_masks[i], np.uint8)
+    save(files["analysis_mask"], study.analysis_mask, np.uint8)
+    files["Y_files"].write_text(
+        "".join(f"{files[f'image {s}']}\n" for s in study.names)
+    )
+    files["data_mask_files"].write_text(
+        "".join(f"{files[f'mask {s}']}\n" for s in study.names)
+    )
+    np.savetxt(files["X"], study.X, delimiter=",", fmt="%.17g")
+    np.savetxt(files["factor"], study.subject[:, None], delimiter=",", fmt="%d")
+    np.savetxt(files["design"], study.Z_design, delimiter=",", fmt="%.17g")
+    config = {
+        "Y_files": str(files["Y_files"]),
+        "data_mask_files": str(files["data_mask_files"]),
+        "analysis_mask": str(files["analysis_mask"]),
+        "X": str(files["X"]),
+        "Z": [
+            {
+                "f1": {
+                    "name": "subject",
+                    "factor": str(files["factor"]),
+                    "design": str(files["design"]),
+                }
+            }
+        ],
+        "outdir": str(
+            Path(results_dir).absolute() if results_dir else outdir / "results"
+        ),
+        "contrasts": [
+            {f"c{i + 1}": {"name": name, "vector": vec}}
+            for i, (name, vec) in enumerate(CONTRASTS)
+        ],
+        "Missingness": {"MinPercent": 0.5},
+    }
+    files["config"].write_text(yaml.safe_dump(config, sort_keys=False))
+    logger.info(
+        "Simulated %d images of shape %s (seed %d) in %s",
+        len(study.names),
+        study.shape,
+        seed,
+        outdir,
+    )
+    return files["config"]
