@@ -114,8 +114,10 @@ def block_diag_factors(blocks: list[NDArray], re: RandomEffects) -> NDArray:
     return out
 
 
-def woodbury(ZtZ: NDArray[np.float64], re: RandomEffects, sqrtD: list[NDArray]) -> Woodbury:
-    """Return the Woodbury quantities at D = sqrtD sqrtD' (one (v, q_k, q_k) per factor).
+def woodbury(
+    ZtZ: NDArray[np.float64], re: RandomEffects, sqrtD: list[NDArray]
+) -> Woodbury:
+    """Return the Woodbury quantities at D = sqrtD sqrtD' (per factor (v, q_k, q_k)).
 
     ZtZ : ndarray in the layout of `re`, leading axis 1 or v.
     """

@@ -40,7 +40,9 @@ from blmm_scripts.structure import (
 logger = logging.getLogger(__name__)
 
 METHODS = ("pSFS", "SFS", "pFS", "FS")
-MIN_STEP = 2.0**-30  # a step this short that still lowers the likelihood: stalled
+FALLBACK_STEP = 2.0**-6  # steps this short still fail: go to the next mode
+SCORING, FACTOR, GRADIENT = 0, 1, 2
+MIN_STEP = 2.0**-30  # a gradient step this short still fails: stationary
 
 
 def _score_D(curv: Curvature, sigma2: NDArray, kind: str) -> list[NDArray]:
@@ -52,17 +54,19 @@ def _score_D(curv: Curvature, sigma2: NDArray, kind: str) -> list[NDArray]:
 
 
 def _info_DD(curv: Curvature, k1: int, k2: int, kind: str, pseudo: bool) -> NDArray:
-    """Expected information of (vec D_k1, vec D_k2), true or pseudo form."""
+    """Return the expected information of (vec D_k1, vec D_k2), true or pseudo form."""
     T = curv.trace_term(k1, k2, kind)
     if pseudo:
         T = T.swapaxes(3, 4)  # Σ R_ij[b,d] R_ij[a,c], i.e. Σ R_ij ⊗ R_ij
     return 0.5 * vec_matrix(T)
 
 
-def _step(
-    prof: Profile, sigma2: NDArray, method: str, kind: str
-) -> tuple[NDArray | None, list[NDArray]]:
-    """Return the Fisher-scoring direction (Δσ² or None, [ΔD_k]) at `prof`."""
+def _step(prof: Profile, sigma2: NDArray, method: str, kind: str) -> tuple:
+    """Return the Fisher-scoring direction and the gradient at `prof`.
+
+    Returns (Δσ² or None, [ΔD_k], dl/dσ² or None, [dl/dD_k]); σ² entries are None
+    for the methods that profile σ² out.
+    """
     re = prof.re
     curv = Curvature(prof)
     scores = _score_D(curv, sigma2, kind)
@@ -89,7 +93,7 @@ def _step(
             else:
                 d = solve_pd(info, g)
             steps.append(d.reshape(-1, qk, qk).swapaxes(-1, -2))
-        return None, steps
+        return None, steps, None, scores
     # FS, pFS: joint step in σ² and all of D.
     blocks = []
     for k1 in range(re.r):
@@ -104,7 +108,9 @@ def _step(
     col = [vec(curv.diag_sum(k, kind).swapaxes(-1, -2)) / (2 * s2) for k in range(re.r)]
     if vech_form:
         col = [c @ dups[k] for k, c in enumerate(col)]
-    scores_v = [vec(sk) @ dups[k] if vech_form else vec(sk) for k, sk in enumerate(scores)]
+    scores_v = [
+        vec(sk) @ dups[k] if vech_form else vec(sk) for k, sk in enumerate(scores)
+    ]
     g_s = -prof.n_eff / (2 * sigma2) + prof.S / (2 * sigma2**2)
     top = np.concatenate([I_ss[:, None, None], *[c[:, None, :] for c in col]], axis=2)
     rows = [top] + [
@@ -121,7 +127,44 @@ def _step(
             dk = dk @ dups[k].T
         steps.append(dk.reshape(-1, qk, qk).swapaxes(-1, -2))
         o += w
-    return d[:, 0], steps
+    return d[:, 0], steps, g_s, scores
+
+
+def _factor_step(
+    prof: Profile, sigma2: NDArray, D: list[NDArray], kind: str
+) -> tuple[list[NDArray], list[NDArray]]:
+    """Scoring step in factors B_k of D_k = B_k B_k' (σ² profiled out).
+
+    Used on the boundary: a rank-deficient D moves along the set of matrices of its
+    rank (its range may rotate), where projected steps in D stall.  Returns
+    (B_k, ΔB_k), each (v, q_k, q_k).
+    """
+    re = prof.re
+    curv = Curvature(prof)
+    scores = _score_D(curv, sigma2, kind)
+    I_ss = prof.n_eff / (2 * sigma2**2)
+    Bs, dBs = [], []
+    for k, qk in enumerate(re.n_raneffs):
+        w, P = np.linalg.eigh(D[k])
+        B = P * np.sqrt(np.maximum(w, 0.0))[:, None, :]
+        eye = np.eye(qk)
+        # vec(dB B' + B dB') = J vec(dB), J = (B ⊗ I) + (I ⊗ B) K
+        K = duplication_matrix(qk) @ np.linalg.pinv(duplication_matrix(qk))
+        K = 2 * K - np.eye(qk * qk)  # commutation matrix
+        J = np.einsum("vab,cd->vacbd", B, eye).reshape(-1, qk * qk, qk * qk)
+        J = J + (np.einsum("ab,vcd->vacbd", eye, B).reshape(-1, qk * qk, qk * qk) @ K)
+        info = _info_DD(curv, k, k, kind, pseudo=False)
+        c = scores[k].shape[0]
+        col = curv.diag_sum(k, kind).swapaxes(-1, -2).reshape(c, -1) / (
+            2 * sigma2[:, None]
+        )
+        info = info - col[:, :, None] * col[:, None, :] / I_ss[:, None, None]
+        Jt = J.swapaxes(-1, -2)
+        g = (Jt @ scores[k].swapaxes(-1, -2).reshape(c, -1, 1))[..., 0]
+        d = (np.linalg.pinv(Jt @ info @ J, hermitian=True) @ g[..., None])[..., 0]
+        Bs.append(B)
+        dBs.append(d.reshape(c, qk, qk).swapaxes(-1, -2))
+    return Bs, dBs
 
 
 def _initial_D(products: Products, re: RandomEffects) -> list[NDArray]:
@@ -129,7 +172,7 @@ def _initial_D(products: Products, re: RandomEffects) -> list[NDArray]:
     v = products.n_voxels
     zero = [np.zeros((v, qk, qk)) for qk in re.n_raneffs]
     prof = profile(products, re, zero, reml=False)
-    _, steps = _step(prof, prof.sigma2, "SFS", "V")
+    steps = _step(prof, prof.sigma2, "SFS", "V")[1]
     return [psd_sqrt(np.nan_to_num(s))[0] for s in steps]
 
 
@@ -195,7 +238,7 @@ def fit(
         prof = profile(sub, re, sq, reml)
         s2 = prof.sigma2
         l0 = prof.llh()
-        no_var = ~(prof.S > 1e-12 * np.maximum(np.abs(sub.YtY), 1e-300))
+        no_var = ~(1e-12 * np.maximum(np.abs(sub.YtY), 1e-300) < prof.S)
         bad = ~np.isfinite(l0)
         status[ok[no_var]] = Status.NO_VARIANCE
         status[ok[bad & ~no_var]] = Status.NOT_FINITE
@@ -204,6 +247,9 @@ def fit(
         sigma2[ok], llh[ok] = s2, l0
 
     lam = np.ones(v)
+    mode = np.full(
+        v, SCORING
+    )  # per voxel: scoring in D, then in factors, then gradient
     active = status == Status.OK
     for it in range(1, maxnit + 1):
         idx = np.flatnonzero(active)
@@ -213,23 +259,49 @@ def fit(
         sq = [psd_sqrt(Dk[idx])[1] for Dk in D]
         prof = profile(sub, re, sq, reml)
         s2_now = sigma2[idx] if method in ("FS", "pFS") else prof.sigma2
-        d_s2, d_D = _step(prof, s2_now, method, kind)
+        d_s2, d_D, g_s2, g_D = _step(prof, s2_now, method, kind)
         step = lam[idx]
+        mode_now = mode[idx]
+        grad = mode_now == GRADIENT
+        if grad.any():
+            # Projected scoring steps kept failing (on the boundary of the PSD cone a
+            # preconditioned step need not point uphill): follow the gradient, scaled
+            # to the scoring step's length; its projection always ascends.
+            size = sum(np.sum(d.reshape(len(idx), -1) ** 2, 1) for d in d_D)
+            gsize = sum(np.sum(g.reshape(len(idx), -1) ** 2, 1) for g in g_D)
+            if d_s2 is not None:
+                size, gsize = size + d_s2**2, gsize + g_s2**2
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = np.nan_to_num(np.sqrt(size / gsize))[grad]
+            for k in range(re.r):
+                d_D[k][grad] = g_D[k][grad] * scale[:, None, None]
+            if d_s2 is not None:
+                d_s2[grad] = g_s2[grad] * scale
         new_D = [
             psd_sqrt(D[k][idx] + step[:, None, None] * np.nan_to_num(d_D[k]))[0]
             for k in range(re.r)
         ]
+        fac = np.flatnonzero(mode_now == FACTOR)
+        if fac.size:
+            fprof = profile(sub.take(fac), re, [s_[fac] for s_ in sq], reml)
+            Bs, dBs = _factor_step(
+                fprof, fprof.sigma2, [Dk[idx[fac]] for Dk in D], kind
+            )
+            for k in range(re.r):
+                Bn = Bs[k] + step[fac, None, None] * np.nan_to_num(dBs[k])
+                new_D[k][fac] = Bn @ Bn.swapaxes(-1, -2)
         new_prof = profile(sub, re, [psd_sqrt(Dk)[1] for Dk in new_D], reml)
         if d_s2 is None:
             new_s2 = new_prof.sigma2
         else:
             new_s2 = s2_now + step * np.nan_to_num(d_s2)
             new_s2 = np.where(new_s2 > 0, new_s2, 0.5 * s2_now)
+            new_s2[fac] = new_prof.sigma2[fac]
         new_llh = new_prof.llh(new_s2)
         old_llh = llh[idx]
         accept = np.isfinite(new_llh) & (new_llh >= old_llh)
         change = np.abs(new_llh - old_llh)
-        done = (change < tol) | (~accept & (step < MIN_STEP))
+        done = (accept & (change < tol)) | (~accept & grad & (step < MIN_STEP))
         nit[idx] = it
         a = idx[accept]
         for k in range(re.r):
@@ -237,10 +309,16 @@ def fit(
         sigma2[a] = new_s2[accept]
         llh[a] = new_llh[accept]
         lam[a] = np.minimum(1.0, 2.0 * lam[a])
-        lam[idx[~accept]] *= 0.5
+        r = idx[~accept]
+        lam[r] *= 0.5
+        switch = r[(mode[r] < GRADIENT) & (lam[r] < FALLBACK_STEP)]
+        mode[switch] += 1
+        lam[switch] = 1.0
         active[idx[done]] = False
         if it % 50 == 0:
-            logger.info("iteration %d: %d of %d voxels still iterating", it, active.sum(), v)
+            logger.info(
+                "iteration %d: %d of %d voxels still iterating", it, active.sum(), v
+            )
     status[active] = Status.MAXNIT
 
     good = np.isin(status, (Status.OK, Status.MAXNIT))
@@ -259,5 +337,11 @@ def fit(
     for Dk in D:
         Dk[dropped] = np.nan
     counts = Counter(Status(s).name for s in status)
-    logger.info("fitted %d voxels by %s (%s): %s", v, method, "REML" if reml else "ML", dict(counts))
+    logger.info(
+        "fitted %d voxels by %s (%s): %s",
+        v,
+        method,
+        "REML" if reml else "ML",
+        dict(counts),
+    )
     return FitResult(beta, sigma2, D, llh, nit, status, reml)

@@ -39,47 +39,49 @@ MINLOG = -323.3062153431158
 
 
 def log_betainc_upper(a: NDArray, b: NDArray, x: NDArray) -> NDArray:
-    """log I_x(a, b), the regularised incomplete beta function, without underflow.
+    """Log I_x(a, b), the regularised incomplete beta function, without underflow.
 
     Uses scipy where I_x(a, b) is representable and, where it underflows, the
     series I_x(a, b) = x^a (1-x)^b / (a B(a, b)) 2F1(a+b, 1; a+1; x) in log form.
     """
-    a, b, x = np.broadcast_arrays(*(np.asarray(t, dtype=np.float64) for t in (a, b, x)))
+    a, b, x = np.broadcast_arrays(
+        *(np.atleast_1d(np.asarray(t, float)) for t in (a, b, x))
+    )
     with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
         val = np.log(special.betainc(a, b, x))
         tiny = ~(val > -700.0) & (x > 0) & (x < 1)
         if np.any(tiny):
             at, bt, xt = a[tiny], b[tiny], x[tiny]
-            series = (
+            val[tiny] = (
                 at * np.log(xt)
                 + bt * np.log1p(-xt)
                 - np.log(at)
                 - special.betaln(at, bt)
                 + np.log(special.hyp2f1(at + bt, 1.0, at + 1.0, xt))
             )
-            val = val.copy()
-            val[tiny] = series
     return val
 
 
 def t_logsf(T: NDArray, df: NDArray) -> NDArray:
-    """log P(t_df > T), finite far into the upper tail."""
+    """Log P(t_df > T), finite far into the upper tail."""
     T, df = np.broadcast_arrays(np.asarray(T, float), np.asarray(df, float))
     with np.errstate(invalid="ignore", divide="ignore"):
         out = stats.t.logsf(T, df)
         upper = T > 0
         x = df / (df + T**2)
         tail = np.log(0.5) + log_betainc_upper(df / 2, 0.5, x)
-    return np.where(upper & ~(out > -700.0), tail, out)
+    out = np.where(upper & ~(out > -700.0), tail, out)
+    return out if out.ndim else out[()]
 
 
 def f_logsf(F: NDArray, df1: NDArray, df2: NDArray) -> NDArray:
-    """log P(F_{df1, df2} > F), finite far into the upper tail."""
+    """Log P(F_{df1, df2} > F), finite far into the upper tail."""
     F, df1, df2 = np.broadcast_arrays(*(np.asarray(t, float) for t in (F, df1, df2)))
     with np.errstate(invalid="ignore", divide="ignore"):
         out = stats.f.logsf(F, df1, df2)
         tail = log_betainc_upper(df2 / 2, df1 / 2, df2 / (df2 + df1 * F))
-    return np.where(~(out > -700.0) & (F > 0), tail, out)
+    out = np.where(~(out > -700.0) & (F > 0), tail, out)
+    return out if out.ndim else out[()]
 
 
 def observed_information(prof: Profile, sigma2: NDArray) -> NDArray:
@@ -98,7 +100,9 @@ def observed_information(prof: Profile, sigma2: NDArray) -> NDArray:
     for k in range(re.r):
         ss = curv.ss(k).swapaxes(-1, -2).reshape(len(sigma2), -1)
         col.append(ss @ dups[k] / (2 * sigma2[:, None] ** 2))
-    rows = [np.concatenate([J_ss[:, None, None], *[c[:, None, :] for c in col]], axis=2)]
+    rows = [
+        np.concatenate([J_ss[:, None, None], *[c[:, None, :] for c in col]], axis=2)
+    ]
     for k1 in range(re.r):
         row = [col[k1][:, :, None]]
         for k2 in range(re.r):
@@ -183,7 +187,9 @@ def infer(
     fcons = [np.atleast_2d(np.asarray(c, float)) for c in contrasts if np.ndim(c) == 2]
     for c in tcons + fcons:
         if c.shape[-1] != p:
-            raise ValueError(f"contrast {c.tolist()} has {c.shape[-1]} columns, X has {p}")
+            raise ValueError(
+                f"contrast {c.tolist()} has {c.shape[-1]} columns, X has {p}"
+            )
     nt, nf = len(tcons), len(fcons)
     out = {
         name: np.full(shape, np.nan)
@@ -247,9 +253,11 @@ def infer(
         # lmerTest drops directions of zero variance; keep the leading ones.
         order = np.argsort(~keep, axis=1, kind="stable")
         nu = np.take_along_axis(nu, order, axis=1)
-        ddf = np.array([f_ddf(nu[r : r + 1, : rank[r]])[0] for r in range(m)]) if (
-            np.any(rank < c.shape[0])
-        ) else f_ddf(nu)
+        ddf = (
+            np.array([f_ddf(nu[r : r + 1, : rank[r]])[0] for r in range(m)])
+            if (np.any(rank < c.shape[0]))
+            else f_ddf(nu)
+        )
         lp = -f_logsf(F, rank, ddf) / LN10
         out["conF"][idx, i], out["conF_swedf"][idx, i] = F, ddf
         out["conFlp"][idx, i] = np.where(lp == -np.inf, minlog, lp)

@@ -146,8 +146,15 @@ class Curvature:
         """Rows of factor k1, columns of factor k2 as (v, l1, q1, l2, q2)."""
         re = self.re
         o1, o2 = re.offsets[k1], re.offsets[k2]
-        l1, q1, l2, q2 = re.n_levels[k1], re.n_raneffs[k1], re.n_levels[k2], re.n_raneffs[k2]
-        return R[:, o1 : o1 + l1 * q1, o2 : o2 + l2 * q2].reshape(self.v, l1, q1, l2, q2)
+        l1, q1, l2, q2 = (
+            re.n_levels[k1],
+            re.n_raneffs[k1],
+            re.n_levels[k2],
+            re.n_raneffs[k2],
+        )
+        return R[:, o1 : o1 + l1 * q1, o2 : o2 + l2 * q2].reshape(
+            self.v, l1, q1, l2, q2
+        )
 
     def _s(self, k: int) -> NDArray:
         """Blocks s_j of factor k, shape (v, l_k, q_k)."""

@@ -41,9 +41,7 @@ class ChunkProducts:
 
 def _zt_blocks(factors: Sequence[Factor], rows: NDArray[np.intp]) -> NDArray:
     """Return Z restricted to `rows`, shape (len(rows), q), dense."""
-    sub = [
-        Factor(f.codes[rows], f.design[rows], f.n_levels, f.name) for f in factors
-    ]
+    sub = [Factor(f.codes[rows], f.design[rows], f.n_levels, f.name) for f in factors]
     return build_Z(sub)
 
 
@@ -89,10 +87,13 @@ def ztz_layout(ZtZ: NDArray[np.float64], re: RandomEffects) -> NDArray[np.float6
 
 
 def design_products(
-    X: NDArray[np.float64], factors: Sequence[Factor]
+    X: NDArray[np.float64], factors: Sequence[Factor], dense: bool = False
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Return X'X (1,p,p), Z'X (1,q,p) and Z'Z (in the layout of RandomEffects)."""
-    re = RandomEffects.of(factors)
+    """Return X'X (1,p,p), Z'X (1,q,p) and Z'Z (in the layout of RandomEffects).
+
+    dense=True forces the general dense Z'Z layout (see RandomEffects.dense).
+    """
+    re = RandomEffects.of(factors, dense)
     if re.one_factor:
         f = factors[0]
         ZtX = np.zeros((f.n_levels, f.n_raneffs, X.shape[1]))
@@ -107,7 +108,7 @@ def design_products(
 def _image_design(
     X: NDArray[np.float64], factors: Sequence[Factor], re: RandomEffects
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
-    """Per-image outer products as sparse rows: x x' (p*p), z x' (q*p), z z' (layout)."""
+    """Return per-image outer products as sparse rows: x x', z x', z z' (layout)."""
     n, p = X.shape
     XX = sp.csr_matrix(np.einsum("ia,ib->iab", X, X).reshape(n, p * p))
     if re.one_factor:
@@ -132,7 +133,11 @@ def _image_design(
     vals_zx = (zvals[:, :, None] * X[:, None, :]).reshape(n, -1)
     cols_zz = (cols[:, :, None] * q + cols[:, None, :]).reshape(n, -1)
     vals_zz = (zvals[:, :, None] * zvals[:, None, :]).reshape(n, -1)
-    return XX, _rows_to_csr(cols_zx, vals_zx, q * p), _rows_to_csr(cols_zz, vals_zz, q * q)
+    return (
+        XX,
+        _rows_to_csr(cols_zx, vals_zx, q * p),
+        _rows_to_csr(cols_zz, vals_zz, q * q),
+    )
 
 
 def _rows_to_csr(cols: NDArray, vals: NDArray, width: int) -> sp.csr_matrix:
@@ -145,7 +150,10 @@ def _rows_to_csr(cols: NDArray, vals: NDArray, width: int) -> sp.csr_matrix:
 
 
 def ring_design_products(
-    X: NDArray[np.float64], factors: Sequence[Factor], missing: sp.spmatrix
+    X: NDArray[np.float64],
+    factors: Sequence[Factor],
+    missing: sp.spmatrix,
+    dense: bool = False,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Return per-voxel X'X, Z'X and Z'Z of voxels with missing images.
 
@@ -163,11 +171,11 @@ def ring_design_products(
         sparse product, cost proportional to the number of missing (image, voxel)
         pairs.
     """
-    re = RandomEffects.of(factors)
+    re = RandomEffects.of(factors, dense)
     p = X.shape[1]
     M = sp.csr_matrix(missing, dtype=np.float64)
     M.data[:] = 1.0
-    XtX, ZtX, ZtZ = design_products(X, factors)
+    XtX, ZtX, ZtZ = design_products(X, factors, dense)
     XX, ZX, ZZ = _image_design(X, factors, re)
     v = M.shape[0]
     XtX_v = XtX - (M @ XX).toarray().reshape(v, p, p)

@@ -85,12 +85,17 @@ class RandomEffects:
 
     n_levels: tuple[int, ...]
     n_raneffs: tuple[int, ...]
+    dense: bool = False  # force the general dense layout (to test the fast paths)
 
     @classmethod
-    def of(cls, factors: list[Factor] | tuple[Factor, ...]) -> RandomEffects:
+    def of(
+        cls, factors: list[Factor] | tuple[Factor, ...], dense: bool = False
+    ) -> RandomEffects:
         """Return the structure of a list of factors."""
         return cls(
-            tuple(f.n_levels for f in factors), tuple(f.n_raneffs for f in factors)
+            tuple(f.n_levels for f in factors),
+            tuple(f.n_raneffs for f in factors),
+            dense,
         )
 
     @property
@@ -101,7 +106,9 @@ class RandomEffects:
     @property
     def q(self) -> int:
         """Number of columns of Z."""
-        return sum(lk * qk for lk, qk in zip(self.n_levels, self.n_raneffs))
+        return sum(
+            lk * qk for lk, qk in zip(self.n_levels, self.n_raneffs, strict=False)
+        )
 
     @property
     def n_vech(self) -> tuple[int, ...]:
@@ -116,12 +123,12 @@ class RandomEffects:
     @property
     def one_factor(self) -> bool:
         """True when Z'Z is stored as diagonal blocks (a single random factor)."""
-        return self.r == 1
+        return self.r == 1 and not self.dense
 
     @cached_property
     def offsets(self) -> tuple[int, ...]:
         """First column of each factor in Z, plus q at the end."""
-        sizes = [lk * qk for lk, qk in zip(self.n_levels, self.n_raneffs)]
+        sizes = [lk * qk for lk, qk in zip(self.n_levels, self.n_raneffs, strict=False)]
         return tuple(int(x) for x in np.concatenate([[0], np.cumsum(sizes)]))
 
 
@@ -164,7 +171,7 @@ def duplication_matrix(qk: int) -> NDArray[np.float64]:
     """
     rows, cols = vech_indices(qk)
     dup = np.zeros((qk * qk, len(rows)))
-    for m, (a, b) in enumerate(zip(rows, cols)):
+    for m, (a, b) in enumerate(zip(rows, cols, strict=False)):
         dup[a + b * qk, m] = 1.0
         dup[b + a * qk, m] = 1.0
     return dup
