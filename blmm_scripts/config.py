@@ -716,6 +716,15 @@ def check_inputs(settings: Settings) -> Inputs:
 
 
 def load(config: dict[str, Any], workdir: Path) -> tuple[Settings, Inputs]:
-    """Parse and check a config in one go (settings problems first)."""
+    """Parse and check a config in one go (settings problems first).
+
+    With the example's ``simulate`` key and the study not yet written, the inputs
+    are those the ``simulate`` rule will write (see :mod:`blmm_scripts.simulate`).
+    """
+    from blmm_scripts.simulate import planned_inputs
+
     settings = parse_settings(config, workdir)
+    sim = config.get("simulate")
+    if sim and not settings.Y_files.exists():
+        return settings, planned_inputs(settings, **sim)
     return settings, check_inputs(settings)

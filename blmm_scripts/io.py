@@ -114,12 +114,7 @@ def load_voxels(
     return np.vstack(rows) if rows else np.zeros((0, 0))
 
 
-def save_map(
-    path: Path,
-    volumes: NDArray,
-    reference: Path,
-    dtype: type,
-) -> None:
+def save_map(path: Path, volumes: NDArray, reference: Path) -> None:
     """Write a map as NIfTI with the reference image's affine and spatial header.
 
     Parameters
@@ -130,12 +125,12 @@ def save_map(
     reference : Path
         The first input image; its affine, qform/sform codes, zooms and units are
         copied; data type, scaling and intent are not.
-    dtype : numpy dtype
-        ``np.float32`` for statistics, ``np.int32`` for counts, masks and codes.
+        Its dtype is kept: float32 for statistics, int32 for counts and masks.
     """
     path = Path(path)
     ref = nib.load(str(reference))
-    data = np.ascontiguousarray(volumes, dtype=dtype)
+    data = np.ascontiguousarray(volumes)
+    dtype = data.dtype
     header = nib.Nifti1Header()
     if isinstance(ref.header, nib.Nifti1Header):
         header.set_qform(ref.header.get_qform(), int(ref.header["qform_code"]))
@@ -170,9 +165,9 @@ def save_array(path: Path, array: NDArray) -> None:
     np.save(path, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def open_rows(path: Path, start: int, stop: int) -> NDArray:
-    """Return rows start:stop of a ``.npy`` file without reading the rest."""
-    return np.array(np.load(path, mmap_mode="r")[start:stop])
+def open_npy(path: Path) -> NDArray:
+    """Return a ``.npy`` array memory-mapped read-only (rows are read on access)."""
+    return np.load(path, mmap_mode="r")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ into ``nvb = min(maxnvb, ceil(V_am / voxels_per_job), V_am)`` parts, where
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,3 +74,65 @@ def voxel_batches(n_voxels: int, n_batches: int) -> list[tuple[int, int]]:
 def voxel_chunk(maxmem: int, p: int, re: RandomEffects) -> int:
     """Return how many voxels one fit/infer call may take within MAXMEM."""
     return int(max(1, maxmem // voxel_bytes(p, re)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The DAG's shape: which images and voxels each job handles.
+
+    Parameters
+    ----------
+    image_batches : tuple of (start, stop)
+        Rows of the image list per batch job.
+    voxel_batches : tuple of (start, stop)
+        Positions in the analysis-mask voxel list per voxel-batch job.
+    chunk : int
+        Voxels per fit/infer call inside a job.
+    """
+
+    image_batches: tuple[tuple[int, int], ...]
+    voxel_batches: tuple[tuple[int, int], ...]
+    chunk: int
+
+    @property
+    def batch_ids(self) -> list[str]:
+        """Zero-padded image-batch wildcards, ``0000``, ``0001``, ..."""
+        return [f"{b:04d}" for b in range(len(self.image_batches))]
+
+    @property
+    def voxel_batch_ids(self) -> list[str]:
+        """Zero-padded voxel-batch wildcards."""
+        return [f"{j:04d}" for j in range(len(self.voxel_batches))]
+
+
+def make_plan(
+    maxmem: int,
+    maxnvb: int,
+    n_images: int,
+    n_grid_voxels: int,
+    n_voxels: int,
+    p: int,
+    re: RandomEffects,
+) -> Plan:
+    """Return the plan of an analysis (see module docstring).
+
+    Parameters
+    ----------
+    maxmem : int
+        MAXMEM in bytes.
+    maxnvb : int
+    n_images : int
+    n_grid_voxels : int
+        Voxels of the image grid (BLMM's mem_vol is 8 bytes per grid voxel).
+    n_voxels : int
+        Voxels of the analysis mask.
+    p : int
+    re : RandomEffects
+    """
+    size = image_batch_size(maxmem, n_grid_voxels, p)
+    nvb = n_voxel_batches(n_voxels, maxmem, p, re, maxnvb)
+    return Plan(
+        tuple(image_batches(n_images, size)),
+        tuple(voxel_batches(n_voxels, nvb)),
+        voxel_chunk(maxmem, p, re),
+    )

@@ -28,7 +28,14 @@ from numpy.typing import NDArray
 
 from blmm_scripts import io
 from blmm_scripts.config import Contrast, Inputs, Settings, check_inputs, parse_settings
+from blmm_scripts.estimation import fit
+from blmm_scripts.inference import infer
 from blmm_scripts.masks import analysis_voxels, keep_voxels, missing, observed_raneffs
+from blmm_scripts.products import (
+    chunk_products,
+    design_products,
+    ring_design_products,
+)
 from blmm_scripts.structure import (
     Factor,
     FitResult,
@@ -41,6 +48,103 @@ logger = logging.getLogger(__name__)
 
 #: Statuses whose voxels stay in the final mask.
 KEPT = (int(Status.OK), int(Status.MAXNIT))
+
+
+# --------------------------------------------------------------------------------
+# setup: the design
+# --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Design:
+    """What every job needs to know about the analysis.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_images, p)
+    factors : tuple of Factor
+    voxels : ndarray of shape (n_voxels,)
+        Flat C-order indices of the analysis-mask voxels, in voxel-batch order.
+    shape : tuple of int
+        The image grid.
+    """
+
+    X: NDArray[np.float64]
+    factors: tuple[Factor, ...]
+    voxels: NDArray[np.intp]
+    shape: tuple[int, ...]
+
+    @property
+    def random_effects(self) -> RandomEffects:
+        """Sizes of the random-effects part."""
+        return RandomEffects.of(list(self.factors))
+
+    def summary(self) -> dict[str, Any]:
+        """Return the design's sizes (for ``plan.json``)."""
+        re = self.random_effects
+        return {
+            "n_images": int(self.X.shape[0]),
+            "p": int(self.X.shape[1]),
+            "q": int(re.q),
+            "factors": [
+                {"name": f.name, "levels": int(f.n_levels), "raneffs": f.n_raneffs}
+                for f in self.factors
+            ],
+            "shape": list(self.shape),
+            "n_voxels": int(self.voxels.size),
+        }
+
+    def to_arrays(self) -> dict[str, NDArray]:
+        """Return the design as named arrays (for ``.npz``)."""
+        out = {"X": self.X, "voxels": self.voxels, "shape": np.asarray(self.shape)}
+        for k, f in enumerate(self.factors):
+            out[f"codes_{k}"] = f.codes
+            out[f"design_{k}"] = f.design
+            out[f"n_levels_{k}"] = np.asarray(f.n_levels)
+            out[f"name_{k}"] = np.asarray(f.name)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, NDArray]) -> Design:
+        """Inverse of :meth:`to_arrays`."""
+        factors = []
+        k = 0
+        while f"codes_{k}" in arrays:
+            factors.append(
+                Factor(
+                    arrays[f"codes_{k}"].astype(np.intp),
+                    arrays[f"design_{k}"],
+                    int(arrays[f"n_levels_{k}"]),
+                    str(arrays[f"name_{k}"]),
+                )
+            )
+            k += 1
+        return cls(
+            arrays["X"],
+            tuple(factors),
+            arrays["voxels"].astype(np.intp),
+            tuple(int(s) for s in arrays["shape"]),
+        )
+
+
+def read_design(
+    X_path: Path,
+    factor_files: Sequence[tuple[Path, Path]],
+    names: Sequence[str],
+    analysis_mask: Path | None,
+    first_image: Path,
+) -> Design:
+    """Read X, the random factors and the analysis-mask voxels from their files."""
+    X = io.read_numeric_table(X_path)
+    factors = tuple(
+        Factor.from_labels(io.read_numeric_table(f)[:, 0], io.read_numeric_table(d), n)
+        for (f, d), n in zip(factor_files, names, strict=True)
+    )
+    shape, _ = io.image_grid(first_image)
+    mask = io.load_volume(analysis_mask) if analysis_mask else None
+    design = Design(X, factors, analysis_voxels(mask, shape), shape)
+    logger.info("design: %s", design.summary())
+    return design
 
 
 # --------------------------------------------------------------------------------
@@ -74,6 +178,31 @@ class BatchProducts:
     YtY: NDArray[np.float64]
     n: NDArray[np.int32]
     missing: sp.csr_matrix
+
+    def to_arrays(self) -> dict[str, NDArray]:
+        """Return the fields as named arrays; ``missing`` as CSR parts."""
+        out = {k: getattr(self, k) for k in ("XtY", "ZtY", "ZtY_columns", "YtY", "n")}
+        out.update(_csr_arrays(self.missing))
+        return out
+
+
+def _csr_arrays(M: sp.csr_matrix) -> dict[str, NDArray]:
+    """Return a sparse matrix as named arrays."""
+    M = sp.csr_matrix(M)
+    return {
+        "missing_indices": M.indices.astype(np.int64),
+        "missing_indptr": M.indptr.astype(np.int64),
+        "missing_shape": np.asarray(M.shape),
+    }
+
+
+def _csr_from(arrays: dict[str, NDArray]) -> sp.csr_matrix:
+    """Inverse of :func:`_csr_arrays`."""
+    indices = arrays["missing_indices"]
+    return sp.csr_matrix(
+        (np.ones(indices.size, dtype=bool), indices, arrays["missing_indptr"]),
+        shape=tuple(int(s) for s in arrays["missing_shape"]),
+    )
 
 
 def read_batch_data(
@@ -116,8 +245,6 @@ def batch_products(
         0 where missing.
     is_missing : ndarray of shape (n_batch_images, n_voxels), bool
     """
-    from blmm_scripts.products import chunk_products
-
     index = np.arange(*rows)
     cp = chunk_products(X, list(factors), index, Y)
     n = (~is_missing).sum(axis=0).astype(np.int32)
@@ -157,6 +284,42 @@ class VoxelStats:
     YtY: NDArray[np.float64]
     n: NDArray[np.int32]
     missing: sp.csr_matrix
+
+    def to_arrays(self) -> dict[str, NDArray]:
+        """Return the fields as named arrays; ``missing`` as CSR parts."""
+        out = {k: getattr(self, k) for k in ("XtY", "ZtY", "YtY", "n")}
+        out.update(_csr_arrays(self.missing))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, NDArray]) -> VoxelStats:
+        """Inverse of :meth:`to_arrays`."""
+        return cls(
+            arrays["XtY"], arrays["ZtY"], arrays["YtY"], arrays["n"], _csr_from(arrays)
+        )
+
+
+def batch_rows(
+    arrays: dict[str, NDArray], missing: dict[str, NDArray], start: int, stop: int
+) -> BatchProducts:
+    """Return the products of voxels start:stop of one image batch.
+
+    Parameters
+    ----------
+    arrays : dict of str to ndarray
+        ``XtY``, ``ZtY``, ``ZtY_columns``, ``YtY``, ``n``, possibly memory-mapped.
+    missing : dict of str to ndarray
+        The CSR parts of the batch's missing images.
+    """
+    rows = slice(start, stop)
+    return BatchProducts(
+        np.asarray(arrays["XtY"][rows]),
+        np.asarray(arrays["ZtY"][rows]),
+        np.asarray(arrays["ZtY_columns"]),
+        np.asarray(arrays["YtY"][rows]),
+        np.asarray(arrays["n"][rows]),
+        _csr_from(missing)[rows],
+    )
 
 
 def concat_batches(
@@ -227,8 +390,6 @@ def _groups(
     voxels get theirs from :func:`ring_design_products`.  At most ``chunk`` voxels
     per item.
     """
-    from blmm_scripts.products import design_products, ring_design_products
-
     n_images = X.shape[0]
     inner = np.flatnonzero(select & (stats.n == n_images))
     ring = np.flatnonzero(select & (stats.n < n_images))
@@ -274,8 +435,6 @@ def estimate_voxels(
         For every voxel of the batch; voxels dropped by the rules have status
         OUTSIDE and zero estimates.
     """
-    from blmm_scripts.estimation import fit
-
     n_images, p = X.shape
     re = RandomEffects.of(list(factors))
     q_obs = observed_raneffs(stats.missing, factors)
@@ -329,8 +488,6 @@ def infer_voxels(
         ``conT``, ``conTlp``, ``conT_swedf`` (v, n_t) and F statistics ``conF``,
         ``conFlp``, ``conF_swedf``, ``conR2`` (v, n_f).
     """
-    from blmm_scripts.inference import infer
-
     re = RandomEffects.of(list(factors))
     v, p = fitted.beta.shape
     n_t = sum(not c.is_f for c in contrasts)
@@ -416,6 +573,63 @@ def voxel_maps(
     return values
 
 
+def fit_arrays(fitted: FitResult, n: NDArray[np.int32]) -> dict[str, NDArray]:
+    """Return a fit and the image counts as named arrays (for ``fit.npz``)."""
+    out = {
+        "beta": fitted.beta,
+        "sigma2": fitted.sigma2,
+        "llh": fitted.llh,
+        "nit": fitted.nit,
+        "status": fitted.status,
+        "reml": np.asarray(fitted.reml),
+        "n": n,
+    }
+    out.update({f"D_{k}": Dk for k, Dk in enumerate(fitted.D)})
+    return out
+
+
+def fit_from(arrays: dict[str, NDArray]) -> tuple[FitResult, NDArray[np.int32]]:
+    """Inverse of :func:`fit_arrays`."""
+    D = []
+    while f"D_{len(D)}" in arrays:
+        D.append(arrays[f"D_{len(D)}"])
+    fitted = FitResult(
+        arrays["beta"],
+        arrays["sigma2"],
+        D,
+        arrays["llh"],
+        arrays["nit"],
+        arrays["status"],
+        bool(arrays["reml"]),
+    )
+    return fitted, arrays["n"]
+
+
+def assemble_maps(
+    fits: Sequence[dict[str, NDArray]],
+    stats: Sequence[dict[str, NDArray]],
+    design: Design,
+    names: Sequence[str],
+) -> dict[str, NDArray]:
+    """Return every map on the image grid from the voxel batches' results, in order."""
+    parts = [fit_from(f) for f in fits]
+    fitted = FitResult(
+        np.concatenate([f.beta for f, _ in parts]),
+        np.concatenate([f.sigma2 for f, _ in parts]),
+        [np.concatenate([f.D[k] for f, _ in parts]) for k in range(len(parts[0][0].D))],
+        np.concatenate([f.llh for f, _ in parts]),
+        np.concatenate([f.nit for f, _ in parts]),
+        np.concatenate([f.status for f, _ in parts]),
+        parts[0][0].reml,
+    )
+    n = np.concatenate([n for _, n in parts])
+    inf = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
+    values = voxel_maps(n, fitted, inf, design.X.shape[1])
+    return {
+        name: to_grid(values[name], design.voxels, design.shape, name) for name in names
+    }
+
+
 def to_grid(
     values: NDArray, voxels: NDArray[np.intp], shape: tuple[int, ...], name: str
 ) -> NDArray:
@@ -462,20 +676,23 @@ def run_pipeline(
     """
     settings = parse_settings(config, workdir)
     inputs = check_inputs(settings)
-    voxels = analysis_voxels(
-        io.load_volume(settings.analysis_mask) if settings.analysis_mask else None,
-        inputs.shape,
+    design = read_design(
+        settings.X,
+        [(f.factor, f.design) for f in settings.factors],
+        [f.name for f in settings.factors],
+        settings.analysis_mask,
+        inputs.images[0],
     )
     Y, is_missing = read_batch_data(
-        inputs.images, inputs.data_masks, voxels, settings.data_mask_thresh
+        inputs.images, inputs.data_masks, design.voxels, settings.data_mask_thresh
     )
     n_images = inputs.n_images
-    part = batch_products(inputs.X, inputs.factors, (0, n_images), Y, is_missing)
-    stats = concat_batches([((0, n_images), part)], n_images, inputs.random_effects.q)
+    part = batch_products(design.X, design.factors, (0, n_images), Y, is_missing)
+    stats = concat_batches([((0, n_images), part)], n_images, design.random_effects.q)
     fitted = estimate_voxels(
         stats,
-        inputs.X,
-        inputs.factors,
+        design.X,
+        design.factors,
         Rules(settings.min_percent, settings.min_n, settings.safe_mode),
         method=settings.method,
         reml=settings.reml,
@@ -484,17 +701,16 @@ def run_pipeline(
     )
     inf = infer_voxels(
         stats,
-        inputs.X,
-        inputs.factors,
+        design.X,
+        design.factors,
         fitted,
         settings.contrasts,
         two_sided=settings.two_sided,
         minlog=settings.minlog,
     )
-    values = voxel_maps(stats.n, fitted, inf, inputs.p)
     n_t = sum(not c.is_f for c in settings.contrasts)
     names = map_names(
         n_t, len(settings.contrasts) - n_t, settings.output_cov_b, settings.resms
     )
-    maps = {name: to_grid(values[name], voxels, inputs.shape, name) for name in names}
+    maps = assemble_maps([fit_arrays(fitted, stats.n)], [inf], design, names)
     return maps, settings, inputs

@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 from numpy.typing import NDArray
 
+from blmm_scripts.config import ConfigError, Inputs, Settings
 from blmm_scripts.structure import Factor
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,55 @@ def study_files(outdir: Path, n_subjects: int = 40, visits: int = 3) -> dict[str
     files.update({f"image {s}": outdir / "images" / f"{s}.nii" for s in stems})
     files.update({f"mask {s}": outdir / "masks" / f"{s}_mask.nii" for s in stems})
     return files
+
+
+def planned_inputs(
+    settings: Settings,
+    folder: str,
+    seed: int = 2024,
+    n_subjects: int = 40,
+    visits: int = 3,
+    shape: tuple[int, int, int] = (10, 12, 10),
+) -> Inputs:
+    """Return the inputs the ``simulate`` rule will write, without writing them.
+
+    Lets ``snakemake -n`` list every job of the example before the study exists.
+
+    Raises
+    ------
+    ConfigError
+        If the config's paths are not the files the simulation writes.
+    """
+    files = study_files(Path(folder).absolute(), n_subjects, visits)
+    problems = [
+        f"{key}: with 'simulate', must be {files[key]} (got {value})"
+        for key, value in (
+            ("Y_files", settings.Y_files),
+            ("X", settings.X),
+            ("data_mask_files", settings.data_mask_files),
+            ("analysis_mask", settings.analysis_mask),
+        )
+        if value is not None and Path(value) != files[key]
+    ]
+    for k, spec in enumerate(settings.factors, start=1):
+        if (spec.factor, spec.design) != (files["factor"], files["design"]):
+            problems.append(f"Z f{k}: with 'simulate', must use the simulated files")
+    if problems:
+        raise ConfigError(problems)
+    study = make_study(n_subjects, visits, shape, seed)
+    images = tuple(v for k, v in files.items() if k.startswith("image "))
+    masks = tuple(v for k, v in files.items() if k.startswith("mask "))
+    return Inputs(
+        images=images,
+        data_masks=masks if settings.data_mask_files is not None else None,
+        shape=study.shape,
+        affine=study.affine,
+        X=study.X,
+        factors=(study.factor,),
+        n_voxels=int(np.count_nonzero(study.analysis_mask))
+        if settings.analysis_mask is not None
+        else int(np.prod(study.shape)),
+    )
 
 
 def simulate_study(

@@ -1,0 +1,44 @@
+# BLMM (Big Linear Mixed Models) on Snakemake.
+#
+# Inputs: a BLMM config (config/config.yaml, the example, or --configfile yours).
+# Outputs: BLMM's maps in <outdir>/blmm_vox_*.nii and <outdir>/inputs.yml.
+# Intermediates: <outdir>/work/{setup,batch/<b>,vox/<j>,logs}/ (see README).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# ---- Configuration ----
+# The example config applies only when no --configfile is given, so that none of
+# its keys leak into a user's BLMM config (Snakemake would merge the two).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+# ---- Rules ----
+include: "rules/common.smk"
+include: "rules/simulate.smk"
+include: "rules/setup.smk"
+include: "rules/batch.smk"
+include: "rules/concat.smk"
+include: "rules/estimate.smk"
+include: "rules/inference.smk"
+include: "rules/maps.smk"
+
+
+# ---- Handlers ----
+onsuccess:
+    print(f"BLMM finished: maps in {OUTDIR}/ (blmm_vox_*{SETTINGS.map_suffix})")
+
+
+onerror:
+    print(f"BLMM failed: see the logs in {OUTDIR}/work/logs/")
+
+
+# ---- Target ----
+rule all:
+    """Every map of the analysis and the resolved config."""
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,33 @@
+"""Snakemake adapter for rule estimate; the work is in blmm_scripts.pipeline."""
+
+from typing import TYPE_CHECKING
+
+from blmm_scripts import io
+from blmm_scripts._logging import log_to_file
+from blmm_scripts.pipeline import (
+    Design,
+    Rules,
+    VoxelStats,
+    estimate_voxels,
+    fit_arrays,
+)
+
+if TYPE_CHECKING:  # stub for linters and IDEs only
+    from snakemake.iocontainers import snakemake
+
+with log_to_file(snakemake.log[0]):
+    par = snakemake.params
+    design = Design.from_arrays(io.load_arrays(snakemake.input.design))
+    stats = VoxelStats.from_arrays(io.load_arrays(snakemake.input.products))
+    fitted = estimate_voxels(
+        stats,
+        design.X,
+        design.factors,
+        Rules(par.min_percent, par.min_n, par.safe_mode),
+        method=par.method,
+        reml=par.reml,
+        tol=par.tol,
+        maxnit=par.maxnit,
+        chunk=par.chunk,
+    )
+    io.save_arrays(snakemake.output.fit, **fit_arrays(fitted, stats.n))

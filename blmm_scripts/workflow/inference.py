@@ -1,0 +1,30 @@
+"""Snakemake adapter for rule inference; the work is in blmm_scripts.pipeline."""
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from blmm_scripts import io
+from blmm_scripts._logging import log_to_file
+from blmm_scripts.config import Contrast
+from blmm_scripts.pipeline import Design, VoxelStats, fit_from, infer_voxels
+
+if TYPE_CHECKING:  # stub for linters and IDEs only
+    from snakemake.iocontainers import snakemake
+
+with log_to_file(snakemake.log[0]):
+    par = snakemake.params
+    design = Design.from_arrays(io.load_arrays(snakemake.input.design))
+    fitted, _ = fit_from(io.load_arrays(snakemake.input.fit))
+    contrasts = [Contrast(c["name"], np.asarray(c["L"], float)) for c in par.contrasts]
+    stats = infer_voxels(
+        VoxelStats.from_arrays(io.load_arrays(snakemake.input.products)),
+        design.X,
+        design.factors,
+        fitted,
+        contrasts,
+        two_sided=par.two_sided,
+        minlog=par.minlog,
+        chunk=par.chunk,
+    )
+    io.save_arrays(snakemake.output.stats, **stats)

@@ -1,0 +1,32 @@
+"""Batch: products of one chunk of images at every analysis-mask voxel.
+
+INPUT   the images (and data masks) of batch b, design.npz
+OUTPUT  <outdir>/work/batch/<b>/{XtY,ZtY,ZtY_columns,YtY,n}.npy, missing.npz (temporary)
+"""
+
+
+rule batch:
+    """X'Y, Z'Y, Y'Y, image counts and missing images of one image batch."""
+    input:
+        images=batch_images,
+        masks=batch_masks,
+        design=work("setup/design.npz"),
+    output:
+        XtY=temp(work("batch/{b}/XtY.npy")),
+        ZtY=temp(work("batch/{b}/ZtY.npy")),
+        ZtY_columns=temp(work("batch/{b}/ZtY_columns.npy")),
+        YtY=temp(work("batch/{b}/YtY.npy")),
+        n=temp(work("batch/{b}/n.npy")),
+        missing=temp(work("batch/{b}/missing.npz")),
+    log:
+        work("logs/batch/{b}.log"),
+    conda:
+        "../envs/blmm.yaml"
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        rows=batch_rows,
+        thresh=SETTINGS.data_mask_thresh,
+    script:
+        "../blmm_scripts/workflow/batch.py"

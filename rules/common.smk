@@ -1,0 +1,118 @@
+"""Validation and the DAG's shape; input functions.  No rules here.
+
+Everything is decided at parse time from the config, the image headers, the CSV
+files and the analysis mask, so `snakemake -n` lists every job of the analysis.
+A bad config stops here, with every problem listed, before any job exists.
+"""
+
+import math
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from blmm_scripts import config as blmm_config
+from blmm_scripts.partition import make_plan
+from blmm_scripts.pipeline import map_names
+
+validate(config, schema="../config/config.schema.yaml")
+SETTINGS, INPUTS = blmm_config.load(config, Path.cwd())
+PLAN = make_plan(
+    SETTINGS.MAXMEM,
+    SETTINGS.maxnvb,
+    INPUTS.n_images,
+    math.prod(INPUTS.shape),
+    INPUTS.n_voxels,
+    INPUTS.p,
+    INPUTS.random_effects,
+)
+N_T = sum(not c.is_f for c in SETTINGS.contrasts)
+N_F = len(SETTINGS.contrasts) - N_T
+MAPS = map_names(N_T, N_F, SETTINGS.output_cov_b, SETTINGS.resms)
+# Memory of one job: MAXMEM plus the interpreter and libraries (documented in README).
+MEM_MB = SETTINGS.MAXMEM // 2**20 + 512
+
+
+def as_relative(path):
+    """Return a path relative to the working directory when it lies below it."""
+    path = Path(path)
+    return (
+        str(path.relative_to(Path.cwd()))
+        if path.is_relative_to(Path.cwd())
+        else str(path)
+    )
+
+
+OUTDIR = as_relative(SETTINGS.outdir)
+
+
+def work(name):
+    """Return the path of an intermediate file under <outdir>/work."""
+    return f"{OUTDIR}/work/{name}"
+
+
+def intermediate(path):
+    """Mark per-voxel-batch statistics temporary unless keep_intermediates."""
+    return path if SETTINGS.keep_intermediates else temp(path)
+
+
+wildcard_constraints:
+    b=r"\d{4}",
+    j=r"\d{4}",
+
+
+def batch_rows(wildcards):
+    """Return (start, stop) of image batch b in the image list."""
+    return PLAN.image_batches[int(wildcards.b)]
+
+
+def batch_images(wildcards):
+    """Return the images of image batch b."""
+    start, stop = batch_rows(wildcards)
+    return [as_relative(p) for p in INPUTS.images[start:stop]]
+
+
+def batch_masks(wildcards):
+    """Return the data masks of image batch b (none without data_mask_files)."""
+    if INPUTS.data_masks is None:
+        return []
+    start, stop = batch_rows(wildcards)
+    return [as_relative(p) for p in INPUTS.data_masks[start:stop]]
+
+
+def voxel_range(wildcards):
+    """Return (start, stop) of voxel batch j in the analysis-mask voxel list."""
+    return PLAN.voxel_batches[int(wildcards.j)]
+
+
+BATCH_ARRAYS = ("XtY.npy", "ZtY.npy", "ZtY_columns.npy", "YtY.npy", "n.npy")
+
+
+def all_batches(name):
+    """Return one intermediate file of every image batch."""
+    return [work(f"batch/{b}/{name}") for b in PLAN.batch_ids]
+
+
+def all_voxel_batches(name):
+    """Return one intermediate file of every voxel batch."""
+    return [work(f"vox/{j}/{name}") for j in PLAN.voxel_batch_ids]
+
+
+def design_inputs():
+    """Return the files setup reads: design CSVs and the analysis mask."""
+    files = {"X": as_relative(SETTINGS.X)}
+    for k, spec in enumerate(SETTINGS.factors, start=1):
+        files[f"f{k}_factor"] = as_relative(spec.factor)
+        files[f"f{k}_design"] = as_relative(spec.design)
+    if SETTINGS.analysis_mask is not None:
+        files["analysis_mask"] = as_relative(SETTINGS.analysis_mask)
+    return files
+
+
+def map_files():
+    """Return the output maps, in BLMM's names."""
+    return {name: f"{OUTDIR}/blmm_vox_{name}{SETTINGS.map_suffix}" for name in MAPS}
+
+
+def final_outputs():
+    """Return every final output: the maps and inputs.yml."""
+    return [*map_files().values(), f"{OUTDIR}/inputs.yml"]

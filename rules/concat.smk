@@ -1,0 +1,32 @@
+"""Concat: sums over image batches for the voxels of voxel batch j.
+
+INPUT   every image batch's files, design.npz
+OUTPUT  <outdir>/work/vox/<j>/products.npz: X'Y, Z'Y, Y'Y, n and the missing images
+        of each voxel (sparse); kept unless keep_intermediates is false
+"""
+
+
+rule concat:
+    """Sufficient statistics of one voxel batch."""
+    input:
+        XtY=all_batches("XtY.npy"),
+        ZtY=all_batches("ZtY.npy"),
+        ZtY_columns=all_batches("ZtY_columns.npy"),
+        YtY=all_batches("YtY.npy"),
+        n=all_batches("n.npy"),
+        missing=all_batches("missing.npz"),
+        design=work("setup/design.npz"),
+    output:
+        products=intermediate(work("vox/{j}/products.npz")),
+    log:
+        work("logs/concat/{j}.log"),
+    conda:
+        "../envs/blmm.yaml"
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        voxels=voxel_range,
+        image_batches=PLAN.image_batches,
+    script:
+        "../blmm_scripts/workflow/concat.py"

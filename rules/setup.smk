@@ -1,0 +1,25 @@
+"""Setup: the design (X, factors) and the analysis-mask voxel list, once.
+
+OUTPUT  <outdir>/work/setup/design.npz, <outdir>/work/setup/plan.json
+"""
+
+
+rule setup:
+    """Read X, the random factors and the analysis mask into design.npz."""
+    input:
+        **design_inputs(),
+        first_image=as_relative(INPUTS.images[0]),
+    output:
+        design=work("setup/design.npz"),
+        plan=work("setup/plan.json"),
+    log:
+        work("logs/setup.log"),
+    conda:
+        "../envs/blmm.yaml"
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        names=[spec.name for spec in SETTINGS.factors],
+    script:
+        "../blmm_scripts/workflow/setup.py"
