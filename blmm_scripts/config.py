@@ -452,8 +452,8 @@ def parse_settings(config: dict[str, Any], workdir: Path) -> Settings:
     method = str(config.get("method", "pSFS"))
     if method not in METHODS:
         problems.append(f"method: {method!r} is not one of {', '.join(METHODS)}")
-    estimation = str(config.get("estimation", "REML")).upper()
-    if estimation not in ("REML", "ML"):
+    estimation = str(config.get("estimation", "REML"))
+    if estimation.upper() not in ("REML", "ML"):
         problems.append(f"estimation: {estimation!r} is not REML or ML")
 
     flags = {}
@@ -498,7 +498,7 @@ def parse_settings(config: dict[str, Any], workdir: Path) -> Settings:
         tol=tol,
         maxnvb=maxnvb,
         maxnit=maxnit,
-        reml=estimation == "REML",
+        reml=estimation.upper() == "REML",
         **flags,
     )
 

@@ -58,7 +58,7 @@ def read_numeric_table(path: Path) -> NDArray[np.float64]:
         raise ValueError("the file is empty")
     num = df.apply(pd.to_numeric, errors="coerce")
     bad = num.isna() & df.notna()
-    if bad.iloc[0].any() and not bad.iloc[1:].to_numpy().any():
+    if bad.iloc[0].any() and not bad.iloc[1:, 1:].to_numpy().any():
         num, bad = num.iloc[1:], bad.iloc[1:]  # header row
     if (
         len(num.columns) > 1
@@ -67,10 +67,11 @@ def read_numeric_table(path: Path) -> NDArray[np.float64]:
     ):
         num, bad = num.iloc[:, 1:], bad.iloc[:, 1:]  # row labels
     if bad.to_numpy().any():
-        row, col = np.argwhere(bad.to_numpy())[0]
+        r, c = np.argwhere(bad.to_numpy())[0]
+        row, col = bad.index[r], bad.columns[c]
         raise ValueError(
             f"not numbers only (row {row + 1}, column {col + 1} is "
-            f"{df.iloc[row, col]!r}; {int(bad.to_numpy().sum())} bad cells)"
+            f"{df.loc[row, col]!r}; {int(bad.to_numpy().sum())} bad cells)"
         )
     return num.to_numpy(dtype=np.float64)
 

@@ -97,7 +97,7 @@ def make_study(
     subject = np.repeat(np.arange(1, n_subjects + 1), visits)
     t = np.tile(np.arange(visits, dtype=float), n_subjects) + rng.uniform(-0.2, 0.2, n)
     age = np.repeat(rng.normal(0.0, 1.0, n_subjects), visits)
-    group = np.repeat(rng.integers(0, 2, n_subjects), visits).astype(float)
+    group = np.repeat(np.arange(n_subjects) % 2, visits).astype(float)  # balanced
     X = np.column_stack([np.ones(n), t, age, group])
     Z_design = np.column_stack([np.ones(n), t])
 

@@ -1,0 +1,55 @@
+"""Shared fixtures: a seeded rng and a tiny NIfTI study written to tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from blmm_scripts.simulate import simulate_study
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """Return a seeded generator (BLMM's last commit date)."""
+    return np.random.default_rng(20240131)
+
+
+def make_tiny_study(root: Path, **overrides) -> Path:
+    """Write a 12-image 6x5x4 study with partial data masks and its config.
+
+    4 subjects x 3 visits, random intercept and slope per subject; paths in the
+    config are relative to ``root`` (the Snakemake working directory).  Returns the
+    path of ``root/config.yaml``.
+    """
+    root = Path(root).absolute()
+    simulate_study(
+        root / "data",
+        n_subjects=4,
+        visits=3,
+        shape=(6, 5, 4),
+        seed=7,
+        partial_fraction=0.4,
+    )
+    config = yaml.safe_load((root / "data" / "blmm_config.yml").read_text())
+    for key in ("Y_files", "data_mask_files", "analysis_mask", "X"):
+        config[key] = str(Path(config[key]).relative_to(root))
+    for part in ("factor", "design"):
+        path = Path(config["Z"][0]["f1"][part])
+        config["Z"][0]["f1"][part] = str(path.relative_to(root))
+    config["outdir"] = "out"
+    config["Missingness"] = {"MinN": 6}
+    config["tol"] = 1e-10
+    config["resms"] = 1
+    config.update(overrides)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_study(tmp_path: Path) -> Path:
+    """Return the config path of a tiny study in tmp_path."""
+    return make_tiny_study(tmp_path)
