@@ -30,7 +30,13 @@ from functools import cached_property
 import numpy as np
 from numpy.typing import NDArray
 
-from blmm_scripts._linalg import Woodbury, apply_blocks, spd_inv_logdet, woodbury
+from blmm_scripts._linalg import (
+    Woodbury,
+    apply_blocks,
+    small_matmul,
+    spd_inv_logdet,
+    woodbury,
+)
 from blmm_scripts.structure import Products, RandomEffects
 
 LOG_2PI = np.log(2.0 * np.pi)
@@ -131,7 +137,8 @@ class Curvature:
         G, ZtZ = prof.wood.G, prof.products.ZtZ
         if self.re.one_factor:
             l0, q0 = self.re.n_levels[0], self.re.n_raneffs[0]
-            self.Bv = ZtZ - ZtZ @ G @ ZtZ  # (v, l, q0, q0) blocks of Z'V^-1 Z
+            # (v, l, q0, q0) blocks of Z'V^-1 Z
+            self.Bv = ZtZ - small_matmul(small_matmul(ZtZ, G), ZtZ)
             self.Fb = prof.F.reshape(v, l0, q0, -1)
             self.sb = prof.s.reshape(v, l0, q0)
             HF = np.einsum("vpr,vjbr->vjbp", prof.H, self.Fb)
