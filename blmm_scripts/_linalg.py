@@ -39,6 +39,22 @@ def psd_sqrt(D: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
     return (P * w[..., None, :]) @ Pt, (P * np.sqrt(w)[..., None, :]) @ Pt
 
 
+def psd_project(D: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
+    """Project onto the PSD cone; return (D_psd, clipped), clipped (...,) bool.
+
+    clipped is True where a negative eigenvalue had to be set to 0, i.e. where the
+    matrix was pushed out of the cone and now lies on its boundary.
+    """
+    if D.shape[-1] == 1:
+        return np.maximum(D, 0.0), D[..., 0, 0] < 0
+    finite = np.isfinite(D).all(axis=(-1, -2))
+    D = np.where(finite[..., None, None], D, 0.0)
+    w, P = np.linalg.eigh(0.5 * (D + np.swapaxes(D, -1, -2)))
+    clipped = w[..., 0] < -1e-12 * np.maximum(np.abs(w[..., -1]), 1e-300)
+    w = np.maximum(w, 0.0)
+    return (P * w[..., None, :]) @ np.swapaxes(P, -1, -2), clipped
+
+
 def spd_inv_logdet(M: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
     """Return (M^-1, log|M|) of symmetric positive definite (..., k, k) stacks.
 
@@ -113,28 +129,57 @@ def solve_pd(A: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float
 class Woodbury:
     """G = D (I + Z'Z D)^-1 and log|V| for a stack of voxels.
 
-    G : ndarray of shape (v, l, q0, q0) for one factor, else (v, q, q).
+    G : ndarray of shape (v, l, q0, q0) for one factor or the blocks of the first
+        factor (bordered layout), else (v, q, q).
     logdet : ndarray of shape (v,), log|I + Z D Z'|.
+    LE, Sinv : bordered layout only.  G = blockdiag(G, 0) + LE Sinv LE', with
+        LE (v, q, s) and Sinv (v, s, s) from the Schur complement of the border.
     """
 
     re: RandomEffects
     G: NDArray[np.float64]
     logdet: NDArray[np.float64]
+    LE: NDArray[np.float64] | None = None
+    Sinv: NDArray[np.float64] | None = None
 
     def apply(self, t: NDArray[np.float64]) -> NDArray[np.float64]:
-        """Return G t for t of shape (v, q, k)."""
-        return apply_blocks(self.G, t, self.re)
+        """Return G t for t of shape (m, q, k)."""
+        if not self.re.bordered:
+            return apply_blocks(self.G, t, self.re)
+        l0, q0 = self.re.n_levels[0], self.re.n_raneffs[0]
+        w = l0 * q0
+        v = self.G.shape[0]
+        t0 = t[:, :w].reshape(t.shape[0], l0, q0, t.shape[-1])
+        head = small_matmul(self.G, t0).reshape(v, w, t.shape[-1])
+        low = self.LE @ (self.Sinv @ (np.swapaxes(self.LE, -1, -2) @ t))
+        low[:, :w] += head
+        return low
 
 
 def apply_blocks(
     A: NDArray[np.float64], t: NDArray[np.float64], re: RandomEffects
 ) -> NDArray[np.float64]:
-    """Multiply a Z-space matrix in its layout (see Woodbury.G) by t (v, q, k)."""
+    """Multiply a Z-space matrix in its layout (blocks or dense) by t (m, q, k)."""
     if not re.one_factor:
         return A @ t
     m, l0, q0, _ = A.shape
     tb = t.reshape(t.shape[0], l0, q0, t.shape[-1])
     return small_matmul(A, tb).reshape(max(m, t.shape[0]), l0 * q0, t.shape[-1])
+
+
+def ztz_apply(
+    ZtZ: NDArray[np.float64], t: NDArray[np.float64], re: RandomEffects
+) -> NDArray[np.float64]:
+    """Return Z'Z t for Z'Z in the layout of `re` and t of shape (m, q, k)."""
+    if not re.bordered:
+        return apply_blocks(ZtZ, t, re)
+    A, Bm, C = re.unpack_ztz(ZtZ)
+    l0, q0 = re.n_levels[0], re.n_raneffs[0]
+    w = l0 * q0
+    t0, ts = t[:, :w], t[:, w:]
+    head = small_matmul(A, t0.reshape(t.shape[0], l0, q0, t.shape[-1]))
+    head = head.reshape(head.shape[0], w, t.shape[-1]) + Bm @ ts
+    return np.concatenate([head, np.swapaxes(Bm, -1, -2) @ t0 + C @ ts], axis=1)
 
 
 def block_diag_factors(blocks: list[NDArray], re: RandomEffects) -> NDArray:
@@ -168,7 +213,35 @@ def woodbury(
         M = np.eye(Lam.shape[-1]) + small_matmul(small_matmul(Lb, ZtZ), Lb)
         Minv, logdet = spd_inv_logdet(M)
         return Woodbury(re, small_matmul(small_matmul(Lb, Minv), Lb), logdet.sum(-1))
+    if re.bordered:
+        return _woodbury_bordered(ZtZ, re, sqrtD)
     Lam = block_diag_factors(sqrtD, re)
     M = np.eye(re.q) + Lam @ ZtZ @ Lam
     Minv, logdet = spd_inv_logdet(M)
     return Woodbury(re, Lam @ Minv @ Lam, logdet)
+
+
+def _woodbury_bordered(
+    ZtZ: NDArray, re: RandomEffects, sqrtD: list[NDArray]
+) -> Woodbury:
+    """Woodbury quantities by the Schur complement of the border (several factors).
+
+    With Λ = blockdiag(Λ_1 per level, Λ_s) and M = I + Λ Z'Z Λ partitioned as
+    [[M11, M12], [M21, M22]] (M11 block diagonal over the first factor's levels):
+    S = M22 - M21 M11^-1 M12, log|M| = Σ_j log|M11_j| + log|S| and
+    G = Λ M^-1 Λ = blockdiag(Λ_1 M11^-1 Λ_1, 0) + (ΛE) S^-1 (ΛE)', E = [-M11^-1 M12; I].
+    """
+    A, Bm, C = re.unpack_ztz(ZtZ)
+    l0, q0, s = re.n_levels[0], re.n_raneffs[0], re.border
+    Lb = sqrtD[0][:, None]  # (v, 1, q0, q0)
+    Ls = block_diag_factors(sqrtD[1:], re.border_effects)  # (v, s, s)
+    v = Ls.shape[0]
+    M11 = np.eye(q0) + small_matmul(small_matmul(Lb, A), Lb)
+    M11inv, ld1 = spd_inv_logdet(M11)
+    G1 = small_matmul(small_matmul(Lb, M11inv), Lb)
+    M12 = small_matmul(Lb, Bm.reshape(Bm.shape[0], l0, q0, s)) @ Ls[:, None]
+    E0 = -small_matmul(M11inv, M12)  # (v, l, q0, s)
+    S = np.eye(s) + Ls @ C @ Ls + np.einsum("vjas,vjat->vst", M12, E0)
+    Sinv, ld2 = spd_inv_logdet(S)
+    LE = np.concatenate([small_matmul(Lb, E0).reshape(v, l0 * q0, s), Ls], axis=1)
+    return Woodbury(re, G1, ld1.sum(-1) + ld2, LE, Sinv)

@@ -27,7 +27,7 @@ from collections import Counter
 import numpy as np
 from numpy.typing import NDArray
 
-from blmm_scripts._linalg import psd_sqrt, solve_pd
+from blmm_scripts._linalg import psd_project, psd_sqrt, solve_pd
 from blmm_scripts.likelihood import Curvature, Profile, profile, vec_matrix
 from blmm_scripts.structure import (
     FitResult,
@@ -167,6 +167,49 @@ def _factor_step(
     return Bs, dBs
 
 
+def _advance(
+    mode: NDArray,
+    lam: NDArray,
+    check: NDArray,
+    idx: NDArray,
+    accept: NDArray,
+    small: NDArray,
+    clipped: NDArray,
+) -> NDArray:
+    """Update each voxel's mode and step length after an iteration; return done.
+
+    Scoring steps in D are the rule.  An accepted step that had to be projected back
+    into the PSD cone puts D on the boundary: there a projected scoring step can
+    stall short of the optimum, so the next steps are taken in factors of D (along
+    the boundary) until they converge, and then one scoring step checks that
+    nothing better lies off the boundary.  Failing steps are halved; when they get
+    too short the next mode is tried, the gradient last.
+    """
+    m = mode[idx]
+    done = np.zeros(len(idx), dtype=bool)
+    # accepted steps
+    conv = accept & small
+    verify = conv & (m == FACTOR) & ~check[idx]
+    done |= conv & ~verify
+    moved = accept & ~small
+    to_factor = moved & (m == SCORING) & clipped
+    back = moved & (m == GRADIENT)
+    new_mode = np.where(verify | back, SCORING, np.where(to_factor, FACTOR, m))
+    new_lam = np.where(verify | back | to_factor, 1.0, np.minimum(1.0, 2.0 * lam[idx]))
+    new_check = np.where(verify, True, np.where(moved, False, check[idx]))
+    # rejected steps
+    rej = ~accept
+    half = 0.5 * lam[idx]
+    short = rej & (half < FALLBACK_STEP)
+    done |= short & check[idx]
+    done |= rej & (m == GRADIENT) & (half < MIN_STEP)
+    escalate = short & ~check[idx] & (m < GRADIENT)
+    new_lam = np.where(rej, np.where(escalate, 1.0, half), new_lam)
+    new_mode = np.where(escalate, m + 1, new_mode)
+    mode[idx], lam[idx], check[idx] = new_mode, new_lam, new_check
+    return done
+
+
 def _initial_D(products: Products, re: RandomEffects) -> list[NDArray]:
     """One ML scoring step from D = 0 at the OLS fit: Demidenko's moment estimator."""
     v = products.n_voxels
@@ -247,9 +290,8 @@ def fit(
         sigma2[ok], llh[ok] = s2, l0
 
     lam = np.ones(v)
-    mode = np.full(
-        v, SCORING
-    )  # per voxel: scoring in D, then in factors, then gradient
+    mode = np.full(v, SCORING)  # per voxel: scoring in D, in factors, or gradient
+    check = np.zeros(v, dtype=bool)  # a converged factor fit being checked by scoring
     active = status == Status.OK
     for it in range(1, maxnit + 1):
         idx = np.flatnonzero(active)
@@ -277,10 +319,14 @@ def fit(
                 d_D[k][grad] = g_D[k][grad] * scale[:, None, None]
             if d_s2 is not None:
                 d_s2[grad] = g_s2[grad] * scale
-        new_D = [
-            psd_sqrt(D[k][idx] + step[:, None, None] * np.nan_to_num(d_D[k]))[0]
-            for k in range(re.r)
-        ]
+        clipped = np.zeros(len(idx), dtype=bool)
+        new_D = []
+        for k in range(re.r):
+            Dk, clip = psd_project(
+                D[k][idx] + step[:, None, None] * np.nan_to_num(d_D[k])
+            )
+            new_D.append(Dk)
+            clipped |= clip
         fac = np.flatnonzero(mode_now == FACTOR)
         if fac.size:
             fprof = profile(sub.take(fac), re, [s_[fac] for s_ in sq], reml)
@@ -301,19 +347,13 @@ def fit(
         old_llh = llh[idx]
         accept = np.isfinite(new_llh) & (new_llh >= old_llh)
         change = np.abs(new_llh - old_llh)
-        done = (accept & (change < tol)) | (~accept & grad & (step < MIN_STEP))
         nit[idx] = it
         a = idx[accept]
         for k in range(re.r):
             D[k][a] = new_D[k][accept]
         sigma2[a] = new_s2[accept]
         llh[a] = new_llh[accept]
-        lam[a] = np.minimum(1.0, 2.0 * lam[a])
-        r = idx[~accept]
-        lam[r] *= 0.5
-        switch = r[(mode[r] < GRADIENT) & (lam[r] < FALLBACK_STEP)]
-        mode[switch] += 1
-        lam[switch] = 1.0
+        done = _advance(mode, lam, check, idx, accept, change < tol, clipped)
         active[idx[done]] = False
         if it % 50 == 0:
             logger.info(

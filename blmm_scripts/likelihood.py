@@ -32,10 +32,10 @@ from numpy.typing import NDArray
 
 from blmm_scripts._linalg import (
     Woodbury,
-    apply_blocks,
     small_matmul,
     spd_inv_logdet,
     woodbury,
+    ztz_apply,
 )
 from blmm_scripts.structure import Products, RandomEffects
 
@@ -82,13 +82,13 @@ class Profile:
     @cached_property
     def F(self) -> NDArray[np.float64]:
         """Z'V^-1 X, shape (v, q, p)."""
-        return self.products.ZtX - apply_blocks(self.products.ZtZ, self.GZtX, self.re)
+        return self.products.ZtX - ztz_apply(self.products.ZtZ, self.GZtX, self.re)
 
     @cached_property
     def s(self) -> NDArray[np.float64]:
         """Z'V^-1 ê, shape (v, q)."""
         pr = self.products
-        ZtViY = pr.ZtY - apply_blocks(pr.ZtZ, self.GZtY, self.re)[..., 0]
+        ZtViY = pr.ZtY - ztz_apply(pr.ZtZ, self.GZtY, self.re)[..., 0]
         return ZtViY - np.einsum("vqp,vp->vq", self.F, self.beta)
 
 
@@ -121,7 +121,7 @@ def vec_matrix(T: NDArray[np.float64]) -> NDArray[np.float64]:
     return T.transpose(0, 2, 1, 4, 3).reshape(v, q1 * q1, q2 * q2)
 
 
-class Curvature:
+class _BlockCurvature:
     """Sums over level pairs of the Z'AZ blocks that scores and informations need.
 
     One random factor uses the block-diagonal Z'V^-1 Z plus the rank-p REML
@@ -130,6 +130,7 @@ class Curvature:
     """
 
     def __init__(self, prof: Profile) -> None:
+        """Precompute the blocks of Z'V^-1 Z (and F H F') at `prof`."""
         self.prof = prof
         self.re = prof.re
         v = prof.beta.shape[0]
@@ -210,3 +211,119 @@ class Curvature:
             return U - np.einsum("vabp,vpr,vdcr->vabcd", E, self.prof.H, E)
         P12 = self._dense_block(self.Rp, k1, k2)
         return np.einsum("via,vibjc,vjd->vabcd", self._s(k1), P12, self._s(k2))
+
+
+class _BorderedCurvature(_BlockCurvature):
+    """The sums of :class:`_BlockCurvature` for the bordered layout.
+
+    Z'AZ is the first factor's block-diagonal part minus a low-rank part, plus a
+    dense border: with K = Z'Z Λ E (q x s, see _linalg._woodbury_bordered),
+    W = [K, F] and Q = blockdiag(S^-1, H) (REML; W = K, Q = S^-1 for ML)
+
+        Z'AZ = [[Bv, N], [N', Css]] - W Q W',
+
+    Bv the blocks A - A G1 A, N = Bm - A G1 Bm, Css = C - Bm' G1 Bm.  Sums over the
+    first factor's level pairs use the factored form, O(l q0^2 m^2) with m = s + p;
+    pairs involving the border use dense (l q0 x s) blocks.
+    """
+
+    def __init__(self, prof: Profile) -> None:
+        """Precompute the blocks and low-rank factors at `prof`."""
+        self.prof = prof
+        re = self.re = prof.re
+        v = self.v = prof.beta.shape[0]
+        l0, q0, s = re.n_levels[0], re.n_raneffs[0], re.border
+        w = self.w = l0 * q0
+        wood = prof.wood
+        A, Bm, C = re.unpack_ztz(prof.products.ZtZ)
+        AG1 = small_matmul(A, wood.G)
+        self.Bv = A - small_matmul(AG1, A)
+        Bm4 = Bm.reshape(Bm.shape[0], l0, q0, s)
+        N = Bm - small_matmul(AG1, Bm4).reshape(v, w, s)
+        Css = C - np.swapaxes(Bm, -1, -2) @ small_matmul(wood.G, Bm4).reshape(v, w, s)
+        K = ztz_apply(prof.products.ZtZ, wood.LE, re)
+        p = prof.H.shape[-1]
+        Q = np.zeros((v, s + p, s + p))
+        Q[:, :s, :s], Q[:, s:, s:] = wood.Sinv, prof.H
+        self.low = {"V": (K, wood.Sinv), "P": (np.concatenate([K, prof.F], 2), Q)}
+        self.dense = {}
+        for kind, (W, Qk) in self.low.items():
+            WQ = W @ Qk
+            R0s = N - WQ[:, :w] @ np.swapaxes(W[:, w:], -1, -2)
+            Rss = Css - WQ[:, w:] @ np.swapaxes(W[:, w:], -1, -2)
+            self.dense[kind] = (R0s, Rss)
+        self.Fb = None
+
+    def _W(self, kind: str) -> tuple[NDArray, NDArray]:
+        """Return the first factor's rows of W as (v, l, q0, m), and Q."""
+        W, Q = self.low[kind]
+        l0, q0 = self.re.n_levels[0], self.re.n_raneffs[0]
+        return W[:, : self.w].reshape(self.v, l0, q0, -1), Q
+
+    def _cross(self, k1: int, k2: int, kind: str) -> NDArray:
+        """Dense block (v, l1, q1, l2, q2) of Z'AZ for a pair involving the border."""
+        re, w = self.re, self.w
+        R0s, Rss = self.dense[kind]
+        if k1 == 0:
+            o2 = re.offsets[k2] - w
+            cols = slice(o2, o2 + re.n_levels[k2] * re.n_raneffs[k2])
+            return R0s[:, :, cols].reshape(
+                self.v,
+                re.n_levels[0],
+                re.n_raneffs[0],
+                re.n_levels[k2],
+                re.n_raneffs[k2],
+            )
+        if k2 == 0:
+            return self._cross(0, k1, kind).transpose(0, 3, 4, 1, 2)
+        o1, o2 = re.offsets[k1] - w, re.offsets[k2] - w
+        rows = slice(o1, o1 + re.n_levels[k1] * re.n_raneffs[k1])
+        cols = slice(o2, o2 + re.n_levels[k2] * re.n_raneffs[k2])
+        return Rss[:, rows, cols].reshape(
+            self.v, re.n_levels[k1], re.n_raneffs[k1], re.n_levels[k2], re.n_raneffs[k2]
+        )
+
+    def diag_sum(self, k: int, kind: str) -> NDArray:
+        """Σ_j R_jj of factor k, R = Z'V^-1 Z (kind "V") or Z'PZ (kind "P")."""
+        if k > 0:
+            return np.einsum("vjajb->vab", self._cross(k, k, kind))
+        W, Q = self._W(kind)
+        low = np.einsum("vjam,vmn,vjbn->vab", W, Q, W)
+        return np.broadcast_to(self.Bv.sum(1), low.shape) - low
+
+    def trace_term(self, k1: int, k2: int, kind: str) -> NDArray:
+        """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d] for factors k1, k2."""
+        if k1 > 0 or k2 > 0:
+            R12 = self._cross(k1, k2, kind)
+            return np.einsum("vibjc,viajd->vabcd", R12, R12)
+        W, Q = self._W(kind)
+        Bv = np.broadcast_to(self.Bv, (self.v, *self.Bv.shape[1:]))
+        C = np.einsum("vjam,vmn,vjbn->vjab", W, Q, W)
+        T = np.einsum("vjbc,vjad->vabcd", Bv, Bv)
+        T = (
+            T
+            - np.einsum("vjbc,vjad->vabcd", Bv, C)
+            - np.einsum("vjbc,vjad->vabcd", C, Bv)
+        )
+        S = np.einsum("vjxm,vjyn->vxymn", W, W)
+        QS = np.einsum("vmr,vxyrn->vxymn", Q, S)
+        return T + np.einsum("vcdij,vabji->vabcd", QS, QS)
+
+    def data_term(self, k1: int, k2: int) -> NDArray:
+        """U[v,a,b,c,d] = Σ_ij s_i[a] P_ij[b,c] s_j[d] for factors k1, k2."""
+        if k1 > 0 or k2 > 0:
+            P12 = self._cross(k1, k2, "P")
+            return np.einsum("via,vibjc,vjd->vabcd", self._s(k1), P12, self._s(k2))
+        W, Q = self._W("P")
+        sb = self._s(0)
+        Bv = np.broadcast_to(self.Bv, (self.v, *self.Bv.shape[1:]))
+        U = np.einsum("vja,vjbc,vjd->vabcd", sb, Bv, sb)
+        E = np.einsum("via,vibm->vabm", sb, W)
+        return U - np.einsum("vabm,vmn,vdcn->vabcd", E, Q, E)
+
+
+def Curvature(prof: Profile) -> _BlockCurvature:
+    """Return the level-pair sums of `prof` for its Z'Z layout."""
+    if prof.re.bordered:
+        return _BorderedCurvature(prof)
+    return _BlockCurvature(prof)

@@ -79,6 +79,8 @@ def chunk_products(
 
 def ztz_layout(ZtZ: NDArray[np.float64], re: RandomEffects) -> NDArray[np.float64]:
     """Convert dense Z'Z stacks (m, q, q) to the layout `re` uses."""
+    if re.bordered:
+        return re.pack_ztz(ZtZ)
     if not re.one_factor:
         return ZtZ
     l0, q0 = re.n_levels[0], re.n_raneffs[0]
@@ -94,15 +96,23 @@ def design_products(
     dense=True forces the general dense Z'Z layout (see RandomEffects.dense).
     """
     re = RandomEffects.of(factors, dense)
-    if re.one_factor:
+    XtX = (X.T @ X)[None]
+    if re.one_factor or re.bordered:
         f = factors[0]
-        ZtX = np.zeros((f.n_levels, f.n_raneffs, X.shape[1]))
-        np.add.at(ZtX, f.codes, f.design[:, :, None] * X[:, None, :])
-        ZtZ = np.zeros((f.n_levels, f.n_raneffs, f.n_raneffs))
-        np.add.at(ZtZ, f.codes, f.design[:, :, None] * f.design[:, None, :])
-        return (X.T @ X)[None], ZtX.reshape(1, re.q, -1), ZtZ[None]
+        ZtX0 = np.zeros((f.n_levels, f.n_raneffs, X.shape[1]))
+        np.add.at(ZtX0, f.codes, f.design[:, :, None] * X[:, None, :])
+        A = np.zeros((f.n_levels, f.n_raneffs, f.n_raneffs))
+        np.add.at(A, f.codes, f.design[:, :, None] * f.design[:, None, :])
+        if re.one_factor:
+            return XtX, ZtX0.reshape(1, re.q, -1), A[None]
+        Zs = build_Z(factors[1:])
+        Bm = np.zeros((f.n_levels, f.n_raneffs, Zs.shape[1]))
+        np.add.at(Bm, f.codes, f.design[:, :, None] * Zs[:, None, :])
+        ZtX = np.concatenate([ZtX0.reshape(-1, X.shape[1]), Zs.T @ X])
+        ZtZ = np.concatenate([A.ravel(), Bm.ravel(), (Zs.T @ Zs).ravel()])
+        return XtX, ZtX[None], ZtZ[None]
     Z = build_Z(factors)
-    return (X.T @ X)[None], (Z.T @ X)[None], (Z.T @ Z)[None]
+    return XtX, (Z.T @ X)[None], (Z.T @ Z)[None]
 
 
 def _image_design(
@@ -122,6 +132,45 @@ def _image_design(
         ZX = _rows_to_csr(cols_zx, vals_zx, re.q * p)
         ZZ = _rows_to_csr(cols_zz, vals_zz, l0 * q0 * q0)
         return XX, ZX, ZZ
+    if re.bordered:
+        f = factors[0]
+        q0, l0, s = f.n_raneffs, f.n_levels, re.border
+        Zs = build_Z(factors[1:])
+        a, b = l0 * q0 * q0, l0 * q0 * s
+        rows0 = f.codes[:, None] * q0 + np.arange(q0)[None, :]  # (n, q0)
+        cols_zx = np.concatenate(
+            [
+                (rows0[:, :, None] * p + np.arange(p)).reshape(n, -1),
+                ((l0 * q0 + np.arange(s))[:, None] * p + np.arange(p)).reshape(1, -1)
+                + np.zeros((n, 1), dtype=np.intp),
+            ],
+            axis=1,
+        )
+        vals_zx = np.concatenate(
+            [
+                (f.design[:, :, None] * X[:, None, :]).reshape(n, -1),
+                (Zs[:, :, None] * X[:, None, :]).reshape(n, -1),
+            ],
+            axis=1,
+        )
+        cols_zz = np.concatenate(
+            [
+                f.codes[:, None] * q0 * q0 + np.arange(q0 * q0)[None, :],
+                a + (rows0[:, :, None] * s + np.arange(s)).reshape(n, -1),
+                a + b + np.zeros((n, 1), dtype=np.intp) + np.arange(s * s),
+            ],
+            axis=1,
+        )
+        vals_zz = np.concatenate(
+            [
+                (f.design[:, :, None] * f.design[:, None, :]).reshape(n, -1),
+                (f.design[:, :, None] * Zs[:, None, :]).reshape(n, -1),
+                (Zs[:, :, None] * Zs[:, None, :]).reshape(n, -1),
+            ],
+            axis=1,
+        )
+        ZX = _rows_to_csr(cols_zx, vals_zx, re.q * p)
+        return XX, ZX, _rows_to_csr(cols_zz, vals_zz, re.ztz_width)
     Z = build_Z(factors)
     nz = [np.flatnonzero(Z[i]) for i in range(n)]
     width = max(len(c) for c in nz)

@@ -9,7 +9,9 @@ Z'Z is stored in one of two layouts, chosen by :class:`RandomEffects`:
 
 * one random factor: its diagonal blocks only, shape (m, l, q0, q0), because Z'Z is
   block diagonal (each image belongs to exactly one level);
-* several factors: the dense matrix, shape (m, q, q).
+* several factors, the first the largest (subject x site): the first factor's
+  diagonal blocks plus a dense border for the others, packed flat (m, ztz_width);
+* otherwise (or forced with dense=True): the dense matrix, shape (m, q, q).
 """
 
 from __future__ import annotations
@@ -125,6 +127,65 @@ class RandomEffects:
         """True when Z'Z is stored as diagonal blocks (a single random factor)."""
         return self.r == 1 and not self.dense
 
+    @property
+    def bordered(self) -> bool:
+        """True when Z'Z is stored as blocks of factor 1 plus a dense border.
+
+        Used for several factors where the first is the largest (subject x site):
+        the cost per voxel is then O(l_1 q_1 s^2 + s^3) with s = q - l_1 q_1 the
+        border's width, instead of O(q^3).
+        """
+        if self.r < 2 or self.dense:
+            return False
+        sizes = [lk * qk for lk, qk in zip(self.n_levels, self.n_raneffs, strict=True)]
+        return sizes[0] == max(sizes)
+
+    @property
+    def border(self) -> int:
+        """Width s of the dense border: the columns of factors 2..r."""
+        return self.q - self.n_levels[0] * self.n_raneffs[0]
+
+    @property
+    def ztz_width(self) -> int:
+        """Length of one voxel's bordered Z'Z: l q0^2 + l q0 s + s^2."""
+        l0, q0, s = self.n_levels[0], self.n_raneffs[0], self.border
+        return l0 * q0 * q0 + l0 * q0 * s + s * s
+
+    def unpack_ztz(self, ZtZ: NDArray) -> tuple[NDArray, NDArray, NDArray]:
+        """Split a bordered Z'Z (m, ztz_width) into views A, Bm, C.
+
+        A (m, l, q0, q0) the diagonal blocks of factor 1; Bm (m, l q0, s) its
+        cross-products with the border; C (m, s, s) the border's own block.
+        """
+        m = ZtZ.shape[0]
+        l0, q0, s = self.n_levels[0], self.n_raneffs[0], self.border
+        a, b = l0 * q0 * q0, l0 * q0 * s
+        return (
+            ZtZ[:, :a].reshape(m, l0, q0, q0),
+            ZtZ[:, a : a + b].reshape(m, l0 * q0, s),
+            ZtZ[:, a + b :].reshape(m, s, s),
+        )
+
+    def pack_ztz(self, ZtZ: NDArray) -> NDArray:
+        """Pack dense Z'Z stacks (m, q, q) into the bordered layout (m, ztz_width)."""
+        m = ZtZ.shape[0]
+        l0, q0 = self.n_levels[0], self.n_raneffs[0]
+        w = l0 * q0
+        A = np.einsum("mjajb->mjab", ZtZ[:, :w, :w].reshape(m, l0, q0, l0, q0))
+        return np.concatenate(
+            [
+                A.reshape(m, -1),
+                ZtZ[:, :w, w:].reshape(m, -1),
+                ZtZ[:, w:, w:].reshape(m, -1),
+            ],
+            axis=1,
+        )
+
+    @property
+    def border_effects(self) -> RandomEffects:
+        """The structure of factors 2..r alone (the border)."""
+        return RandomEffects(self.n_levels[1:], self.n_raneffs[1:], dense=True)
+
     @cached_property
     def offsets(self) -> tuple[int, ...]:
         """First column of each factor in Z, plus q at the end."""
@@ -185,7 +246,8 @@ class Products:
     ----------
     XtX : ndarray of shape (m, p, p)
     ZtX : ndarray of shape (m, q, p)
-    ZtZ : ndarray of shape (m, l, q0, q0) for one factor, else (m, q, q)
+    ZtZ : ndarray of shape (m, l, q0, q0) for one factor, (m, ztz_width) bordered
+        (see RandomEffects.bordered), else (m, q, q).
         m is 1 when the design is shared by all voxels, else n_voxels.
     XtY : ndarray of shape (n_voxels, p)
     ZtY : ndarray of shape (n_voxels, q)

@@ -461,30 +461,11 @@ def test_F_contrasts(case_est):
     check_F(eng, ref, cs)
 
 
-# The other three Fisher-scoring methods must reach the same optimum (issue 3, item 2).
-# Known engine defect, reported (2026-11-23): FS and pFS stop with status OK short of
-# the optimum on two boundary fits: slope voxel 2 (log-likelihood 1.69 below lme4's by
-# REML, 1.97 by ML; D stuck near (0.65, 0.15, 0.034) vs lme4's (1.03, 0.062, 0.0037))
-# and crossed/ML voxel 0 (2.6e-3 below; site variance correctly 0, subject D 0.4585 vs
-# 0.4630).  Those combinations are strict xfails: fixing the engine turns them into
-# failures here, as a reminder to drop the mark.
-_KNOWN_SHORT = {
-    (m, c, e)
-    for m in ("pFS", "FS")
-    for c, e in (("slope", "REML"), ("slope", "ML"), ("crossed", "ML"))
-}
+# The other three Fisher-scoring methods must reach the same optimum (issue 3, item 2),
+# boundary fits included (FS and pFS once stalled on slope voxel 2 and crossed/ML
+# voxel 0, where projected steps stop short on the boundary of the PSD cone).
 METHOD_PARAMS = [
-    pytest.param(
-        m,
-        c,
-        e,
-        id=f"{m}-{c}-{e}",
-        marks=[
-            pytest.mark.xfail(strict=True, reason="FS/pFS stop short on a boundary fit")
-        ]
-        if (m, c, e) in _KNOWN_SHORT
-        else [],
-    )
+    pytest.param(m, c, e, id=f"{m}-{c}-{e}")
     for m in ("SFS", "pFS", "FS")
     for c, e in PARAMS
 ]

@@ -22,8 +22,9 @@ from blmm_scripts.structure import (
 )
 
 # Model shapes: one factor with a random intercept (diagonal Z'Z), one factor with
-# intercept and slope (block diagonal), two crossed factors (dense general path).
-SHAPES = ["intercept", "slope", "crossed"]
+# intercept and slope (block diagonal), two crossed factors (blocks plus a dense
+# border), the last with a random slope for subjects.
+SHAPES = ["intercept", "slope", "crossed", "crossed_slope"]
 CONTRASTS = [np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 1.0]), np.eye(3)[1:]]
 
 
@@ -43,7 +44,7 @@ def make_study(shape, rng, n_sub=24, visits=4, n_voxels=6, missing=0.0):
         np.ones((n, 1)) if shape != "slope" else np.column_stack([np.ones(n), time])
     )
     factors = [Factor.from_labels(subject, design, "subject")]
-    if shape == "crossed":
+    if shape.startswith("crossed"):
         factors.append(
             Factor.from_labels(rng.integers(0, 5, n), np.ones((n, 1)), "site")
         )
@@ -188,10 +189,10 @@ def test_vectorised_equals_one_voxel(shape, rng):
         np.testing.assert_allclose(one.conF[0], stats_all.conF[v], rtol=1e-10)
 
 
-@pytest.mark.parametrize("shape", ["intercept", "slope"])
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("missing", [0.0, 0.15])
 def test_block_path_equals_dense_path(shape, missing, rng):
-    """The one-factor block-diagonal path equals the general dense path."""
+    """The block-diagonal and bordered paths equal the general dense path."""
     X, factors, Y = make_study(shape, rng, missing=missing)
     fast, re_fast = dense_products(X, factors, Y)
     slow, re_slow = dense_products(X, factors, Y, dense=True)
