@@ -101,11 +101,12 @@ def small_matmul(A: NDArray[np.float64], B: NDArray[np.float64]) -> NDArray[np.f
         return A @ B
     shape = np.broadcast_shapes(A.shape[:-2], B.shape[:-2])
     out = np.empty((*shape, A.shape[-2], B.shape[-1]))
-    for i in range(A.shape[-2]):
-        acc = A[..., i, 0, None] * B[..., 0, :]
-        for j in range(1, A.shape[-1]):
-            acc = acc + A[..., i, j, None] * B[..., j, :]
-        out[..., i, :] = acc
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite voxels stay NaN
+        for i in range(A.shape[-2]):
+            acc = A[..., i, 0, None] * B[..., 0, :]
+            for j in range(1, A.shape[-1]):
+                acc = acc + A[..., i, j, None] * B[..., j, :]
+            out[..., i, :] = acc
     return out
 
 
