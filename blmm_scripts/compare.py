@@ -41,11 +41,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import special, stats
 
+from blmm_scripts.config import Inputs
 from blmm_scripts.structure import Factor
 
 logger = logging.getLogger(__name__)
@@ -398,3 +400,63 @@ def compare_voxels(
             n_negative,
         )
     return Comparison(mask.astype(np.int32), chi2, lp, n_negative)
+
+
+# --------------------------------------------------------------------------------
+# Analyses as written by the workflow
+# --------------------------------------------------------------------------------
+
+#: Keys of inputs.yml that decide the data at a voxel: they must match.
+DATA_KEYS = ("data_mask_files", "data_mask_thresh")
+#: Keys that only select voxels: differences are logged, the masks intersected.
+VOXEL_KEYS = ("Missingness", "analysis_mask", "safeMode")
+
+
+def analysis_files(outdir: str) -> dict[str, str]:
+    """Return the files of a finished analysis that a comparison reads.
+
+    ``inputs.yml`` and ``blmm_vox_{llh,mask}`` with the suffix the analysis used
+    (``.nii.gz`` when that file exists, else ``.nii``).
+    """
+    gz = (Path(outdir) / "blmm_vox_llh.nii.gz").exists()
+    suffix = ".nii.gz" if gz else ".nii"
+    return {
+        "inputs": f"{outdir}/inputs.yml",
+        "llh": f"{outdir}/blmm_vox_llh{suffix}",
+        "mask": f"{outdir}/blmm_vox_mask{suffix}",
+    }
+
+
+def model_of(resolved: dict, inputs: Inputs, label: str) -> Model:
+    """Return the :class:`Model` of an analysis from its inputs.yml and inputs.
+
+    Parameters
+    ----------
+    resolved : dict
+        The analysis' ``inputs.yml`` (its resolved config).
+    inputs : Inputs
+        Its checked inputs (images, X, factors), from
+        :func:`blmm_scripts.config.check_inputs`.
+    label : str
+        How messages name the analysis.
+    """
+    data = {key: resolved.get(key) for key in DATA_KEYS}
+    if inputs.data_masks is not None:  # the masks themselves, not the list file
+        data["data_mask_files"] = tuple(str(p) for p in inputs.data_masks)
+    return Model(
+        tuple(str(p) for p in inputs.images),
+        data,
+        inputs.X,
+        tuple(inputs.factors),
+        str(resolved.get("estimation", "REML")).upper() == "REML",
+        label,
+    )
+
+
+def voxel_rule_differences(small: dict, large: dict) -> list[str]:
+    """Return the voxel-selection settings that differ between two inputs.yml."""
+    return [
+        f"{key}: {small.get(key)!r} vs {large.get(key)!r}"
+        for key in VOXEL_KEYS
+        if small.get(key) != large.get(key)
+    ]

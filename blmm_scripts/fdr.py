@@ -13,6 +13,8 @@ module: with lp = -log10 p,
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -62,7 +64,9 @@ def fdr_map(lp_map: NDArray[np.float64], mask: NDArray) -> NDArray[np.float64]:
     Returns
     -------
     ndarray of lp_map's shape
-        -log10 q inside the mask, 0 outside.
+        -log10 q inside the mask, 0 outside.  A mask voxel whose -log10 p is NaN
+        (no valid test there) is not counted among the m tests and gets NaN; a
+        warning says how many.
     """
     lp_map = np.asarray(lp_map, dtype=np.float64)
     inside = np.asarray(mask) != 0
@@ -70,10 +74,19 @@ def fdr_map(lp_map: NDArray[np.float64], mask: NDArray) -> NDArray[np.float64]:
         raise ValueError(
             f"map of shape {lp_map.shape} does not match the mask's {inside.shape}"
         )
-    out = np.zeros_like(lp_map)
-    if lp_map.ndim == inside.ndim:
-        out[inside] = bh_neg_log10_q(lp_map[inside])
-        return out
-    for k in range(lp_map.shape[-1]):
-        out[..., k][inside] = bh_neg_log10_q(lp_map[..., k][inside])
-    return out
+    volumes = lp_map[..., None] if lp_map.ndim == inside.ndim else lp_map
+    out = np.zeros_like(volumes)
+    for k in range(volumes.shape[-1]):
+        lp = volumes[..., k][inside]
+        valid = ~np.isnan(lp)
+        if not valid.all():
+            warnings.warn(
+                f"volume {k}: {int((~valid).sum())} of {lp.size} mask voxels have "
+                "NaN -log10 p; left out of the FDR correction (NaN in the q map)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        q = np.full(lp.shape, np.nan)
+        q[valid] = bh_neg_log10_q(lp[valid])
+        out[..., k][inside] = q
+    return out[..., 0] if lp_map.ndim == inside.ndim else out

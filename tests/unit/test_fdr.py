@@ -65,3 +65,16 @@ def test_map_3d_and_shape_check(rng):
     np.testing.assert_allclose(fdr_map(lp, mask).ravel(), bh_neg_log10_q(lp.ravel()))
     with pytest.raises(ValueError, match="does not match"):
         fdr_map(lp, np.ones((3, 3, 2)))
+
+
+def test_nan_voxels_left_out(rng):
+    """NaN -log10 p voxels are not tests: m counts the others; NaN q, a warning."""
+    mask = np.ones((4, 4, 2), bool)
+    lp = -np.log10(rng.uniform(size=mask.shape))
+    lp[0, 0, 0] = np.nan
+    with pytest.warns(RuntimeWarning, match="1 of 32 mask voxels"):
+        q = fdr_map(lp, mask)
+    assert np.isnan(q[0, 0, 0])
+    ok = ~np.isnan(lp)
+    expected = -np.log10(stats.false_discovery_control(10 ** -lp[ok]))
+    np.testing.assert_allclose(q[ok], expected, rtol=1e-10)

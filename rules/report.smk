@@ -1,0 +1,127 @@
+"""Report: figures and a run summary for Snakemake's HTML report.
+
+    snakemake --cores 2 --config report=true   # or `report: true` in the config
+    snakemake --report report.html             # after the run
+
+INPUT   the final maps of the analysis, inputs.yml, <outdir>/work/benchmarks/
+OUTPUT  <outdir>/report/{contrast_<c>.png, map_<name>.png, summary.{tsv,html}}
+
+Every output is flagged with report(), with a caption from report/*.rst.
+"""
+
+from blmm_scripts.report import contrast_volumes
+
+REPORT_DIR = f"{OUTDIR}/report"
+REPORT_CONTRASTS = contrast_volumes(SETTINGS.contrasts)
+# Figures threshold -log10 p at 3 (p < 0.001, uncorrected), the captions say so.
+REPORT_THRESHOLD = 3.0
+REPORT_MAPS = {
+    "mask": "Analysis mask (blmm_vox_mask): voxels fitted and kept",
+    "n": "Images present (blmm_vox_n)",
+    "status": "Voxel status (blmm_vox_status)",
+    "nit": "Iterations to convergence (blmm_vox_nit)",
+}
+REPORT_FILES = (
+    [f"{REPORT_DIR}/contrast_{con}.png" for con in REPORT_CONTRASTS]
+    + [f"{REPORT_DIR}/map_{name}.png" for name in REPORT_MAPS]
+    + [f"{REPORT_DIR}/summary.html", f"{REPORT_DIR}/summary.tsv"]
+    if config.get("report", False)
+    else []
+)
+
+
+wildcard_constraints:
+    con=r"c\d+",
+
+
+rule report_contrast:
+    """Figure of one contrast: T or F map and -log10 p, thresholded."""
+    input:
+        **{
+            name: path
+            for name, path in map_files().items()
+            if name in ("mask", "conT", "conTlp", "conF", "conFlp")
+        },
+    output:
+        figure=report(
+            f"{REPORT_DIR}/contrast_{{con}}.png",
+            caption="../report/contrast.rst",
+            category="Contrasts",
+            labels={"contrast": "{con}", "figure": "statistic and -log10 p"},
+        ),
+    log:
+        work("logs/report/contrast_{con}.log"),
+    conda:
+        "../envs/blmm.yaml"
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        contrasts=REPORT_CONTRASTS,
+        threshold=REPORT_THRESHOLD,
+    script:
+        "../blmm_scripts/workflow/report_contrast.py"
+
+
+rule report_maps:
+    """Mosaics of the analysis mask, n and the diagnostics maps."""
+    input:
+        **{name: map_files()[name] for name in REPORT_MAPS},
+    output:
+        **{
+            name: report(
+                f"{REPORT_DIR}/map_{name}.png",
+                caption="../report/maps.rst",
+                category="Mask and diagnostics",
+                labels={"map": f"blmm_vox_{name}"},
+            )
+            for name in REPORT_MAPS
+        },
+    log:
+        work("logs/report/maps.log"),
+    conda:
+        "../envs/blmm.yaml"
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        titles=REPORT_MAPS,
+    script:
+        "../blmm_scripts/workflow/report_maps.py"
+
+
+rule report_summary:
+    """Run summary: images, voxels, drops by reason, convergence, time per stage."""
+    input:
+        **{name: map_files()[name] for name in ("mask", "n", "status", "nit")},
+        **(
+            {"analysis_mask": as_relative(SETTINGS.analysis_mask)}
+            if SETTINGS.analysis_mask
+            else {}
+        ),
+        inputs=f"{OUTDIR}/inputs.yml",
+    output:
+        html=report(
+            f"{REPORT_DIR}/summary.html",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"table": "run summary"},
+        ),
+        tsv=report(
+            f"{REPORT_DIR}/summary.tsv",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels={"table": "run summary (TSV)"},
+        ),
+    log:
+        work("logs/report/summary.log"),
+    conda:
+        "../envs/blmm.yaml"
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+    params:
+        n_images=INPUTS.n_images,
+        benchmarks=work("benchmarks"),
+    script:
+        "../blmm_scripts/workflow/report_summary.py"
