@@ -16,6 +16,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 # ---- Rules ----
 include: "rules/common.smk"
 include: "rules/simulate.smk"
@@ -25,6 +28,9 @@ include: "rules/concat.smk"
 include: "rules/estimate.smk"
 include: "rules/inference.smk"
 include: "rules/maps.smk"
+include: "rules/fdr.smk"
+include: "rules/report.smk"
+include: "rules/compare.smk"
 
 
 # ---- Handlers ----
@@ -42,3 +48,5 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+        FDR_FILES,
+        REPORT_FILES,
