@@ -210,16 +210,40 @@ def woodbury(
                 G = (lam2 / M)[..., None, None]
                 logdet = np.log(M).sum(-1)
             return Woodbury(re, G, logdet)
-        Lb = Lam[:, None]
-        M = np.eye(Lam.shape[-1]) + small_matmul(small_matmul(Lb, ZtZ), Lb)
-        Minv, logdet = spd_inv_logdet(M)
-        return Woodbury(re, small_matmul(small_matmul(Lb, Minv), Lb), logdet.sum(-1))
+        G, logdet = _blocks_woodbury(ZtZ, Lam)
+        return Woodbury(re, G, logdet.sum(-1))
     if re.bordered:
         return _woodbury_bordered(ZtZ, re, sqrtD)
     Lam = block_diag_factors(sqrtD, re)
     M = np.eye(re.q) + Lam @ ZtZ @ Lam
     Minv, logdet = spd_inv_logdet(M)
     return Woodbury(re, Lam @ Minv @ Lam, logdet)
+
+
+def _sandwich(Lam: NDArray, B: NDArray) -> NDArray:
+    """Return Λ B_j Λ for every level j: (v, k, k) and (m, l, k, k) -> (v, l, k, k).
+
+    Written as one matrix product per voxel, vec(Λ B Λ) = (Λ ⊗ Λ) vec(B), which BLAS
+    does much faster than l tiny products.
+    """
+    v, k = Lam.shape[0], Lam.shape[-1]
+    m, l0 = B.shape[:2]
+    kron = np.einsum("vab,vcd->vacbd", Lam, Lam).reshape(v, k * k, k * k)
+    out = kron @ B.reshape(m, l0, k * k).transpose(0, 2, 1)
+    return out.transpose(0, 2, 1).reshape(v, l0, k, k)
+
+
+def _blocks_woodbury(
+    B: NDArray, Lam: NDArray, inverse: bool = False
+) -> tuple[NDArray, ...]:
+    """Return per-level G_j = Λ (I + Λ B_j Λ)^-1 Λ (v, l, k, k) and log|I + Λ B_j Λ|.
+
+    With inverse=True also return (I + Λ B_j Λ)^-1.
+    """
+    M = np.eye(Lam.shape[-1]) + _sandwich(Lam, B)
+    Minv, logdet = spd_inv_logdet(M)
+    G = _sandwich(Lam, Minv)
+    return (G, logdet, Minv) if inverse else (G, logdet)
 
 
 def _woodbury_bordered(
@@ -237,9 +261,7 @@ def _woodbury_bordered(
     Lb = sqrtD[0][:, None]  # (v, 1, q0, q0)
     Ls = block_diag_factors(sqrtD[1:], re.border_effects)  # (v, s, s)
     v = Ls.shape[0]
-    M11 = np.eye(q0) + small_matmul(small_matmul(Lb, A), Lb)
-    M11inv, ld1 = spd_inv_logdet(M11)
-    G1 = small_matmul(small_matmul(Lb, M11inv), Lb)
+    G1, ld1, M11inv = _blocks_woodbury(A, sqrtD[0], inverse=True)
     M12 = small_matmul(Lb, Bm.reshape(Bm.shape[0], l0, q0, s)) @ Ls[:, None]
     E0 = -small_matmul(M11inv, M12)  # (v, l, q0, s)
     S = np.eye(s) + Ls @ C @ Ls + np.einsum("vjas,vjat->vst", M12, E0)
