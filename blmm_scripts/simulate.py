@@ -89,8 +89,13 @@ def make_study(
     shape: tuple[int, int, int] = (10, 12, 10),
     seed: int = 2024,
     partial_fraction: float = 0.2,
+    random_slope: bool = True,
 ) -> Study:
-    """Return the simulated study in memory (same numbers as :func:`simulate_study`)."""
+    """Return the simulated study in memory (same numbers as :func:`simulate_study`).
+
+    With ``random_slope=False`` the subject factor has a random intercept only (the
+    slope is still simulated, so the model is misspecified but well posed).
+    """
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     n = n_subjects * visits
@@ -99,7 +104,7 @@ def make_study(
     age = np.repeat(rng.normal(0.0, 1.0, n_subjects), visits)
     group = np.repeat(np.arange(n_subjects) % 2, visits).astype(float)  # balanced
     X = np.column_stack([np.ones(n), t, age, group])
-    Z_design = np.column_stack([np.ones(n), t])
+    Z_design = np.column_stack([np.ones(n), t]) if random_slope else np.ones((n, 1))
 
     grid = np.stack(
         np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), axis=-1
@@ -217,6 +222,7 @@ def simulate_study(
     seed: int = 2024,
     *,
     partial_fraction: float = 0.2,
+    random_slope: bool = True,
     results_dir: Path | str | None = None,
 ) -> Path:
     """Write a simulated study and a BLMM config for it; return the config's path.
@@ -226,13 +232,13 @@ def simulate_study(
     outdir : Path
         Folder to write into (created).  Lists and the config hold absolute paths,
         so the config works from any working directory.
-    n_subjects, visits, shape, seed, partial_fraction
+    n_subjects, visits, shape, seed, partial_fraction, random_slope
         See :func:`make_study`.
     results_dir : Path, optional
         ``outdir`` key of the written config; default ``<outdir>/results``.
     """
     outdir = Path(outdir).absolute()
-    study = make_study(n_subjects, visits, shape, seed, partial_fraction)
+    study = make_study(n_subjects, visits, shape, seed, partial_fraction, random_slope)
     files = study_files(outdir, n_subjects, visits)
     (outdir / "images").mkdir(parents=True, exist_ok=True)
     (outdir / "masks").mkdir(parents=True, exist_ok=True)

@@ -113,8 +113,8 @@ def test_defaults_are_blmm_defaults(tiny_study):
 def test_relative_paths_resolve_against_workdir(tiny_study):
     """Relative paths are taken from the working directory, as BLMM did."""
     s = parse_settings(load(tiny_study), tiny_study.parent)
-    assert s.X == tiny_study.parent / "data" / "X.csv"
-    assert s.outdir == tiny_study.parent / "out"
+    root = tiny_study.parent
+    assert (s.X, s.outdir) == (root / "data" / "X.csv", root / "out")
 
 
 def test_ignored_blmm_keys_are_accepted(tiny_study, caplog):
@@ -195,7 +195,7 @@ def test_design_not_numeric(tiny_study):
     root = tiny_study.parent
     path = root / "data" / "subject_design.csv"
     lines = path.read_text().splitlines()
-    lines[3] = "1,abc"
+    lines[3] = "abc"
     path.write_text("\n".join(lines) + "\n")
     single(problems_of(load(tiny_study), root), "Z f1 design", "numbers only", "abc")
 
@@ -227,7 +227,7 @@ def test_image_with_other_shape(tiny_study):
 def test_mask_with_other_affine(tiny_study):
     """A data mask with another affine is reported."""
     root = tiny_study.parent
-    victim = root / "data" / "masks" / "sub-01_ses-3_mask.nii"
+    victim = root / "data" / "masks" / "sub-02_ses-1_mask.nii"
     nib.save(nib.Nifti1Image(np.ones((6, 5, 4), np.uint8), np.eye(4)), victim)
     single(problems_of(load(tiny_study), root), "data_mask_files mask 3", "affine")
 

@@ -1,0 +1,53 @@
+"""Run Snakemake on a study in a folder and read its dry-run output."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml"):
+    """Run snakemake on the repository's Snakefile in `workdir`; return the result."""
+    cmd = [
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(Path(workdir) / configfile),
+        "--cores",
+        "2",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Return {rule: count} from the 'Job stats' table of a dry run ({} if none)."""
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m or m.group(1) == "total":
+            break
+        counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def read_maps(outdir: Path) -> dict[str, np.ndarray]:
+    """Return every blmm_vox_* map of a folder, keyed by name without prefix."""
+    return {
+        p.name.removeprefix("blmm_vox_").removesuffix(".nii"): np.asarray(
+            nib.load(p).dataobj
+        )
+        for p in sorted(Path(outdir).glob("blmm_vox_*.nii"))
+    }

@@ -1,0 +1,239 @@
+"""End to end runs of the workflow on a tiny study.
+
+The maps equal a direct run whatever the batching, and reruns redo only what a
+change touches (read from `snakemake -n`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from conftest import make_tiny_study
+from helpers import REPO, planned_jobs, read_maps, snakemake
+
+from blmm_scripts.pipeline import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+INT_MAPS = ("mask", "n", "edf", "status", "nit")
+
+
+@pytest.fixture(scope="module")
+def one_batch(tmp_path_factory) -> Path:
+    """Run the tiny study in one image batch and one voxel batch."""
+    root = tmp_path_factory.mktemp("one_batch")
+    make_tiny_study(root)
+    result = snakemake(root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def many_batches(tmp_path_factory) -> Path:
+    """Run the same study in 4 image batches and several voxel batches."""
+    root = tmp_path_factory.mktemp("many_batches")
+    # 6x5x4 grid, p = 4: 3 images per batch need 8 * (8 * 120) * 4 * 3 bytes.
+    make_tiny_study(root, MAXMEM="3 * 8 * 960 * 4", maxnvb=5)
+    result = snakemake(root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def assert_same_maps(actual: dict, expected: dict, rtol: float = 1e-6) -> None:
+    """Integer maps equal; float32 maps equal to `rtol`."""
+    assert sorted(actual) == sorted(expected)
+    for name, value in expected.items():
+        assert actual[name].shape == value.shape, name
+        assert actual[name].dtype == value.dtype, name
+        if name in INT_MAPS:
+            np.testing.assert_array_equal(actual[name], value, err_msg=name)
+        else:
+            np.testing.assert_allclose(
+                actual[name], value, rtol=rtol, atol=rtol, err_msg=name
+            )
+
+
+def test_maps_equal_direct_run(one_batch):
+    """The workflow's maps are those of blmm_scripts.pipeline on the same data."""
+    config = yaml.safe_load((one_batch / "config.yaml").read_text())
+    expected, _, _ = run_pipeline(config, one_batch)
+    actual = read_maps(one_batch / "out")
+    # Same sums in the same order: float32 maps agree to the last bit or so.
+    assert_same_maps(actual, expected, rtol=1e-6)
+    assert actual["mask"].sum() > 10
+    assert (actual["n"][actual["mask"] > 0] < 12).any(), "the study needs ring voxels"
+
+
+def test_maps_header_and_outputs(one_batch):
+    """Maps carry the first image's affine; inputs.yml holds the resolved config."""
+    out = one_batch / "out"
+    first = nib.load(one_batch / "data" / "images" / "sub-01_ses-1.nii")
+    beta = nib.load(out / "blmm_vox_beta.nii")
+    np.testing.assert_array_equal(beta.affine, first.affine)
+    assert beta.shape == (6, 5, 4, 4)
+    assert nib.load(out / "blmm_vox_mask.nii").get_data_dtype() == np.int32
+    resolved = yaml.safe_load((out / "inputs.yml").read_text())
+    assert resolved["tol"] == 1e-10 and resolved["estimation"] == "REML"
+    assert not list(out.glob(".*partial*"))
+
+
+def test_maps_do_not_depend_on_batching(one_batch, many_batches):
+    """4 image batches and several voxel batches give the maps of 1 and 1."""
+    dry = snakemake(many_batches, "-n")
+    assert planned_jobs(dry.stdout) == {}
+    plan = planned_jobs(snakemake(many_batches, "-n", "--forceall").stdout)
+    assert plan["batch"] == 4 and plan["estimate"] > 1
+    # The sufficient statistics are sums in another order: equal to 1e-10.
+    one = np.load(one_batch / "out" / "work" / "vox" / "0000" / "products.npz")
+    parts = [
+        np.load(path)
+        for path in sorted(
+            (many_batches / "out" / "work" / "vox").glob("*/products.npz")
+        )
+    ]
+    for key in ("XtY", "ZtY", "YtY", "n"):
+        joined = np.concatenate([part[key] for part in parts])
+        np.testing.assert_allclose(joined, one[key], rtol=1e-10, err_msg=key)
+    # Estimates stop when the log-likelihood changes by less than tol = 1e-10, which
+    # pins parameters to about sqrt(tol) = 1e-5 relative; rounding differences in
+    # the sums can move them within that, so the maps agree to 1e-5.
+    # Iteration counts depend on that path too and are left out.
+    many, one = read_maps(many_batches / "out"), read_maps(one_batch / "out")
+    del many["nit"], one["nit"]
+    assert_same_maps(many, one, rtol=1e-5)
+
+
+def changed_config(root: Path, name: str, **changes) -> str:
+    """Write a copy of the study's config with some keys changed; return its name."""
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config.update(changes)
+    (root / name).write_text(yaml.safe_dump(config, sort_keys=False))
+    return name
+
+
+def test_second_run_does_nothing(one_batch):
+    """An identical second call has nothing to do."""
+    assert planned_jobs(snakemake(one_batch, "-n").stdout) == {}
+
+
+def test_changed_contrast_reruns_inference_and_maps(one_batch):
+    """A changed contrast reruns only inference and maps."""
+    config = yaml.safe_load((one_batch / "config.yaml").read_text())
+    contrasts = config["contrasts"] + [{"c4": {"name": "age", "vector": [0, 0, 1, 0]}}]
+    name = changed_config(one_batch, "contrast.yaml", contrasts=contrasts)
+    plan = planned_jobs(snakemake(one_batch, "-n", configfile=name).stdout)
+    assert plan == {"inference": 1, "maps": 1, "all": 1}
+
+
+def test_changed_tol_reruns_from_estimate(one_batch):
+    """A changed tol (or method, estimation, maxnit) reruns estimate onward."""
+    for change in ({"tol": 1e-8}, {"estimation": "ML"}, {"method": "FS"}):
+        name = changed_config(one_batch, "est.yaml", **change)
+        plan = planned_jobs(snakemake(one_batch, "-n", configfile=name).stdout)
+        assert plan == {"estimate": 1, "inference": 1, "maps": 1, "all": 1}, change
+
+
+def test_changed_missingness_does_not_rerun_batches(one_batch):
+    """Missingness rules act in estimate: no image batch or concat reruns."""
+    name = changed_config(one_batch, "miss.yaml", Missingness={"MinN": 11})
+    plan = planned_jobs(snakemake(one_batch, "-n", configfile=name).stdout)
+    assert plan == {"estimate": 1, "inference": 1, "maps": 1, "all": 1}
+
+
+def test_failed_voxel_batch_reruns_alone(many_batches):
+    """A voxel batch whose fit is missing (its job failed, so no maps) reruns alone.
+
+    Snakemake does not redo a deleted intermediate while the maps downstream are
+    present and newer; a failed job leaves no maps, which is the case simulated.
+    """
+    out = many_batches / "out"
+    fit = sorted((out / "work" / "vox").glob("*/fit.npz"))[-1]
+    mask = out / "blmm_vox_mask.nii"
+    saved = {path: path.read_bytes() for path in (fit, mask)}
+    for path in saved:
+        path.unlink()
+    try:
+        result = snakemake(many_batches, "-n")
+        assert planned_jobs(result.stdout) == {
+            "estimate": 1,
+            "inference": 1,
+            "maps": 1,
+            "all": 1,
+        }
+        assert f"vox/{fit.parent.name}/fit.npz" in result.stdout
+    finally:
+        for path, data in saved.items():
+            path.write_bytes(data)
+        # restore the original modification order: fit before stats before maps
+        snakemake(many_batches, "--touch", "--cores", "1")
+
+
+def test_lint_clean():
+    """`snakemake --lint` on the example config reports nothing."""
+    result = subprocess.run(
+        ["snakemake", "--lint"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+WORKFLOW_RULES = [
+    f"rules/{name}.smk"
+    for name in (
+        "common",
+        "simulate",
+        "setup",
+        "batch",
+        "concat",
+        "estimate",
+        "inference",
+        "maps",
+    )
+]
+
+
+def test_snakefmt_clean():
+    """Snakefile and rules are snakefmt-formatted."""
+    result = subprocess.run(
+        ["snakefmt", "--check", "Snakefile", *WORKFLOW_RULES],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+WORKFLOW_PYTHON = [
+    "blmm_scripts/__init__.py",
+    "blmm_scripts/_logging.py",
+    "blmm_scripts/config.py",
+    "blmm_scripts/io.py",
+    "blmm_scripts/masks.py",
+    "blmm_scripts/partition.py",
+    "blmm_scripts/pipeline.py",
+    "blmm_scripts/simulate.py",
+    "blmm_scripts/workflow",
+    "tests/conftest.py",
+    "tests/unit/test_config.py",
+    "tests/unit/test_io.py",
+    "tests/unit/test_masks.py",
+    "tests/unit/test_partition.py",
+    "tests/workflow",
+]
+
+
+def test_ruff_clean():
+    """The workflow's Python (package I/O, adapters, their tests) passes ruff."""
+    result = subprocess.run(
+        ["ruff", "check", *WORKFLOW_PYTHON],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
