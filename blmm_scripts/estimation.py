@@ -385,3 +385,29 @@ def fit(
         dict(counts),
     )
     return FitResult(beta, sigma2, D, llh, nit, status, reml)
+
+
+def bytes_per_voxel(re: RandomEffects, p: int) -> int:
+    """Return the peak working memory of fit/infer per voxel, in bytes (float64).
+
+    Counts the arrays alive at once in the largest step (the information sums of
+    inference), from the layouts of :mod:`blmm_scripts.likelihood`; measured peaks
+    stay below it (benchmarks/).  A job's memory is then at most MAXMEM plus the
+    interpreter and libraries (about 150 MB) when chunks hold
+    ``MAXMEM // bytes_per_voxel`` voxels.
+    """
+    qk_max = max(re.n_raneffs)
+    if re.one_factor or re.bordered:
+        l0, q0 = re.n_levels[0], re.n_raneffs[0]
+        s = re.border if re.bordered else 0
+        m = s + p
+        floats = (
+            14 * l0 * q0 * q0  # Z'Z blocks, M, M^-1, G, Bv, C and temporaries
+            + 8 * l0 * q0 * m  # F, K, W, N, the border blocks of both kinds
+            + 6 * s * s
+            + 2 * q0 * q0 * m * m  # S and QS of the low-rank information term
+        )
+    else:
+        floats = 12 * re.q * re.q
+    floats += 6 * re.q * p + 4 * qk_max**4 * re.r**2 + 8 * p * p + 4 * (re.q + p)
+    return 8 * int(floats)

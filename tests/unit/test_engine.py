@@ -1,5 +1,7 @@
 """The statistics engine against dense n x n formulas, itself and its fast paths."""
 
+import tracemalloc
+
 import mpmath
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from scipy import stats
 from scipy.linalg import block_diag
 
 from blmm_scripts._linalg import psd_sqrt
-from blmm_scripts.estimation import METHODS, fit
+from blmm_scripts.estimation import METHODS, bytes_per_voxel, fit
 from blmm_scripts.inference import f_logsf, infer, t_logsf
 from blmm_scripts.likelihood import profile
 from blmm_scripts.products import chunk_products, design_products, ring_design_products
@@ -370,3 +372,16 @@ def test_f_tail_in_log_space(F, d1, d2):
     x = d2 / (d2 + d1 * F)
     exact = mpmath.log(mpmath.betainc(d2 / 2, d1 / 2, 0, x, regularized=True))
     np.testing.assert_allclose(f_logsf(F, d1, d2), float(exact), rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_memory_within_estimate(shape, rng):
+    """The peak memory of fit and infer stays within bytes_per_voxel per voxel."""
+    X, factors, Y = make_study(shape, rng, n_voxels=40, missing=0.05)
+    prods, re = dense_products(X, factors, Y)
+    tracemalloc.start()
+    res = fit(prods, re)
+    infer(prods, re, res, CONTRASTS)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak <= bytes_per_voxel(re, X.shape[1]) * Y.shape[1]
