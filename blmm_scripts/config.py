@@ -362,7 +362,7 @@ def parse_settings(config: dict[str, Any], workdir: Path) -> Settings:
 
     for key in IGNORED_KEYS:
         if key in config:
-            logger.info(
+            logger.warning(
                 "Config key %r is accepted for BLMM compatibility and ignored "
                 "(Snakemake schedules the jobs; see README).",
                 key,
