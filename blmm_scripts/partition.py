@@ -6,8 +6,8 @@ for a volume of V voxels, so a batch's data and its products stay within MAXMEM.
 
 Voxel batches are ``np.array_split`` of the analysis-mask voxel list (flat C order)
 into ``nvb = min(maxnvb, ceil(V_am / voxels_per_job), V_am)`` parts, where
-``voxels_per_job`` is how many voxels' products fit in MAXMEM
-(:func:`voxel_bytes`).  Inside a job, estimation runs in chunks of
+``voxels_per_job`` is how many voxels fit in MAXMEM by the engine's working-memory
+bound (:func:`voxel_bytes`).  Inside a job, estimation runs in chunks of
 :func:`voxel_chunk` voxels.
 """
 
@@ -18,11 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from blmm_scripts.estimation import bytes_per_voxel
 from blmm_scripts.structure import RandomEffects
-
-#: Working copies per voxel on top of the stored products (solves, Woodbury terms,
-#: derivatives); BLMM used the same factor 10 (its "80 bytes" = 10 float64).
-WORK_FACTOR = 10
 
 
 def image_batch_size(maxmem: int, n_grid_voxels: int, p: int) -> int:
@@ -49,11 +46,12 @@ def image_batches(n_images: int, batch_size: int) -> list[tuple[int, int]]:
 
 
 def voxel_bytes(p: int, re: RandomEffects) -> int:
-    """Return the bytes one ring voxel needs during estimation (rule of thumb)."""
-    # Z'Z is block diagonal for one factor (see blmm_scripts.structure)
-    zz = re.n_levels[0] * re.n_raneffs[0] ** 2 if re.one_factor else re.q**2
-    stored = p * p + re.q * p + zz + re.q + p + 2
-    return 8 * WORK_FACTOR * stored
+    """Return the bytes one voxel needs during estimation and inference.
+
+    The engine's own bound (:func:`blmm_scripts.estimation.bytes_per_voxel`), so
+    that a job holds at most MAXMEM of voxel data plus the interpreter.
+    """
+    return bytes_per_voxel(re, p)
 
 
 def n_voxel_batches(
