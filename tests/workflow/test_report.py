@@ -21,6 +21,8 @@ from conftest import make_tiny_study
 from helpers import read_maps, snakemake
 from scipy import stats
 
+from blmm_scripts.report import benchmark_table
+
 pytestmark = pytest.mark.slow
 
 FIGURES = [
@@ -181,3 +183,22 @@ def test_compare_refuses_swapped_models(study, with_slope):
     assert "the models cannot be compared" in log
     assert "are not contained in those of out" in log
     assert not (study / "cmp_swapped/blmm_vox_Chi2.nii").exists()
+
+
+def test_benchmark_table_sums_per_rule(tmp_path):
+    """Benchmark TSVs (Snakemake's columns) are summed per rule, max RSS kept."""
+    columns = "s h:m:s max_rss max_vms max_uss max_pss io_in io_out mean_load cpu_time"
+    header = "\t".join(columns.split()) + "\n"
+    rows = {
+        "estimate/0000.tsv": (2.5, 100.0),
+        "estimate/0001.tsv": (1.5, 300.0),
+        "maps.tsv": (0.25, 50.0),
+    }
+    for name, (s, rss) in rows.items():
+        path = tmp_path / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(header + f"{s}\t0:00:02\t{rss}\t1\t1\t1\t0\t0\t0\t{s}\n")
+    table = benchmark_table(sorted(tmp_path.rglob("*.tsv")), tmp_path)
+    assert table.loc["estimate", "jobs"] == 2
+    assert table.loc["estimate", "s"] == 4.0 and table.loc["estimate", "max_rss"] == 300
+    assert table.loc["maps", "s"] == 0.25
