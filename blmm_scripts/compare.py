@@ -418,12 +418,12 @@ def analysis_files(outdir: str) -> dict[str, str]:
     ``inputs.yml`` and ``blmm_vox_{llh,mask}`` with the suffix the analysis used
     (``.nii.gz`` when that file exists, else ``.nii``).
     """
-    gz = (Path(outdir) / "blmm_vox_llh.nii.gz").exists()
-    suffix = ".nii.gz" if gz else ".nii"
+    root = Path(outdir)
+    suffix = ".nii.gz" if (root / "blmm_vox_llh.nii.gz").exists() else ".nii"
     return {
-        "inputs": f"{outdir}/inputs.yml",
-        "llh": f"{outdir}/blmm_vox_llh{suffix}",
-        "mask": f"{outdir}/blmm_vox_mask{suffix}",
+        "inputs": str(root / "inputs.yml"),
+        "llh": str(root / f"blmm_vox_llh{suffix}"),
+        "mask": str(root / f"blmm_vox_mask{suffix}"),
     }
 
 
