@@ -117,7 +117,9 @@ def run_summary(
     return pd.DataFrame(rows, columns=["section", "item", "value"])
 
 
-def benchmark_table(paths: Sequence[Path], root: Path) -> pd.DataFrame:
+def benchmark_table(
+    paths: Sequence[Path], root: Path, skip: Sequence[str] = ()
+) -> pd.DataFrame:
     """Sum Snakemake benchmark TSV files per rule.
 
     Parameters
@@ -126,6 +128,9 @@ def benchmark_table(paths: Sequence[Path], root: Path) -> pd.DataFrame:
         Benchmark files, ``<root>/<rule>/<anything>.tsv`` or ``<root>/<rule>.tsv``.
     root : Path
         Their common folder; the first path component below it names the rule.
+    skip : sequence of str
+        Rules left out (those that may run after the summary, so that its content
+        does not depend on job order).
 
     Returns
     -------
@@ -137,6 +142,8 @@ def benchmark_table(paths: Sequence[Path], root: Path) -> pd.DataFrame:
     for path in paths:
         rel = Path(path).relative_to(root)
         rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        if rule in skip:
+            continue
         df = pd.read_csv(path, sep="\t")
         frames.append(
             pd.DataFrame(

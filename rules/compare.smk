@@ -36,6 +36,8 @@ if COMPARE_SMALL and COMPARE_LARGE:
             Chi2lp=f"{COMPARE_OUT}/blmm_vox_Chi2lp.nii",
         log:
             f"{COMPARE_OUT}/logs/compare.log",
+        benchmark:
+            f"{COMPARE_OUT}/benchmarks/compare.tsv"
         conda:
             "../envs/blmm.yaml"
         threads: 1

@@ -24,6 +24,8 @@ rule fdr:
         lq=f"{OUTDIR}/blmm_vox_con{{stat}}lq{SETTINGS.map_suffix}",
     log:
         work("logs/fdr/con{stat}.log"),
+    benchmark:
+        work("benchmarks/fdr/con{stat}.tsv")
     wildcard_constraints:
         stat="T|F",
     conda:

@@ -51,6 +51,8 @@ rule report_contrast:
         ),
     log:
         work("logs/report/contrast_{con}.log"),
+    benchmark:
+        work("benchmarks/report_contrast/{con}.tsv")
     conda:
         "../envs/blmm.yaml"
     threads: 1
@@ -79,6 +81,8 @@ rule report_maps:
         },
     log:
         work("logs/report/maps.log"),
+    benchmark:
+        work("benchmarks/report_maps/maps.tsv")
     conda:
         "../envs/blmm.yaml"
     threads: 1
@@ -115,6 +119,8 @@ rule report_summary:
         ),
     log:
         work("logs/report/summary.log"),
+    benchmark:
+        work("benchmarks/report_summary/summary.tsv")
     conda:
         "../envs/blmm.yaml"
     threads: 1
@@ -123,5 +129,8 @@ rule report_summary:
     params:
         n_images=INPUTS.n_images,
         benchmarks=work("benchmarks"),
+        # Rules that may run after the summary: left out, so it does not depend
+        # on job order.
+        skip=["report_contrast", "report_maps", "report_summary", "fdr"],
     script:
         "../blmm_scripts/workflow/report_summary.py"

@@ -30,7 +30,9 @@ with log_to_file(snakemake.log[0]):
     )
     root = Path(snakemake.params.benchmarks)
     timings = (
-        benchmark_table(sorted(root.rglob("*.tsv")), root) if root.is_dir() else None
+        benchmark_table(sorted(root.rglob("*.tsv")), root, snakemake.params.skip)
+        if root.is_dir()
+        else None
     )
     table = run_summary(
         maps,

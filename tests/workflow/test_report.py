@@ -202,3 +202,5 @@ def test_benchmark_table_sums_per_rule(tmp_path):
     assert table.loc["estimate", "jobs"] == 2
     assert table.loc["estimate", "s"] == 4.0 and table.loc["estimate", "max_rss"] == 300
     assert table.loc["maps", "s"] == 0.25
+    skipped = benchmark_table(sorted(tmp_path.rglob("*.tsv")), tmp_path, ["maps"])
+    assert list(skipped.index) == ["estimate"]
