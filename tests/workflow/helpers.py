@@ -46,8 +46,6 @@ def planned_jobs(output: str) -> dict[str, int]:
 def read_maps(outdir: Path) -> dict[str, np.ndarray]:
     """Return every blmm_vox_* map of a folder, keyed by name without prefix."""
     return {
-        p.name.removeprefix("blmm_vox_").removesuffix(".nii"): np.asarray(
-            nib.load(p).dataobj
-        )
-        for p in sorted(Path(outdir).glob("blmm_vox_*.nii"))
+        p.name.removeprefix("blmm_vox_").split(".")[0]: np.asarray(nib.load(p).dataobj)
+        for p in sorted(Path(outdir).glob("blmm_vox_*.nii*"))
     }

@@ -69,6 +69,19 @@ def test_maps_equal_direct_run(one_batch):
     assert (actual["n"][actual["mask"] > 0] < 12).any(), "the study needs ring voxels"
 
 
+def test_temporary_intermediates_and_compression(tmp_path):
+    """keep_intermediates: false removes products.npz; maps can be .nii.gz."""
+    make_tiny_study(tmp_path, keep_intermediates=False, output_compression=True)
+    result = snakemake(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    assert not list(out.glob("work/vox/*/products.npz"))
+    assert not list(out.glob("blmm_vox_*.nii"))
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    expected, _, _ = run_pipeline(config, tmp_path)
+    assert_same_maps(read_maps(out), expected, rtol=1e-6)
+
+
 def test_maps_header_and_outputs(one_batch):
     """Maps carry the first image's affine; inputs.yml holds the resolved config."""
     out = one_batch / "out"
