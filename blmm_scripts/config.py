@@ -358,6 +358,20 @@ def parse_settings(config: dict[str, Any], workdir: Path) -> Settings:
         Listing every problem found.
     """
     problems: list[str] = []
+    settings = _parse_settings(config, workdir, problems)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _parse_settings(
+    config: dict[str, Any], workdir: Path, problems: list[str]
+) -> Settings | None:
+    """Parse a config, appending problems; None if a required key is missing.
+
+    Values with a problem are replaced by their defaults (or left out, for a
+    contrast), so that the data can still be checked for further problems.
+    """
     workdir = Path(workdir).resolve()
 
     for key in IGNORED_KEYS:
@@ -473,8 +487,8 @@ def parse_settings(config: dict[str, Any], workdir: Path) -> Settings:
             )
             flags[field_name] = default
 
-    if problems:
-        raise ConfigError(problems)
+    if any(config.get(k) in (None, "", []) for k in ("Y_files", "X", "outdir")):
+        return None
 
     def opt_path(key: str) -> Path | None:
         """Resolve an optional path key."""
@@ -582,6 +596,14 @@ def check_inputs(settings: Settings) -> Inputs:
         Listing every problem found.
     """
     problems: list[str] = []
+    inputs = _check_inputs(settings, problems)
+    if problems:
+        raise ConfigError(problems)
+    return inputs
+
+
+def _check_inputs(settings: Settings, problems: list[str]) -> Inputs:
+    """Check the data of a config, appending problems (see :func:`check_inputs`)."""
 
     def table(path: Path, label: str) -> NDArray[np.float64] | None:
         """Read a numeric CSV, recording a problem on failure."""
@@ -702,8 +724,6 @@ def check_inputs(settings: Settings) -> Inputs:
                     f"(rank {np.linalg.matrix_rank(c.L)} < {c.L.shape[0]} rows)"
                 )
 
-    if problems:
-        raise ConfigError(problems)
     return Inputs(
         images=tuple(images),
         data_masks=tuple(masks) if masks is not None else None,
@@ -716,15 +736,28 @@ def check_inputs(settings: Settings) -> Inputs:
 
 
 def load(config: dict[str, Any], workdir: Path) -> tuple[Settings, Inputs]:
-    """Parse and check a config in one go (settings problems first).
+    """Parse and check a config in one go, reporting every problem of both steps.
 
     With the example's ``simulate`` key and the study not yet written, the inputs
     are those the ``simulate`` rule will write (see :mod:`blmm_scripts.simulate`).
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem found, in the values and in the data.
     """
     from blmm_scripts.simulate import planned_inputs
 
-    settings = parse_settings(config, workdir)
+    problems: list[str] = []
+    settings = _parse_settings(config, workdir, problems)
+    if settings is None:
+        raise ConfigError(problems)
     sim = config.get("simulate")
-    if sim and not settings.Y_files.exists():
+    if sim and not settings.Y_files.exists():  # the example, not yet simulated
+        if problems:
+            raise ConfigError(problems)
         return settings, planned_inputs(settings, **sim)
-    return settings, check_inputs(settings)
+    inputs = _check_inputs(settings, problems)
+    if problems:
+        raise ConfigError(problems)
+    return settings, inputs

@@ -22,6 +22,7 @@ from blmm_scripts.config import (
     parse_settings,
     parse_vector,
 )
+from blmm_scripts.config import load as load_config
 
 
 def load(config_path: Path) -> dict:
@@ -277,13 +278,18 @@ def test_misnumbered_list(tiny_study):
 
 
 def test_all_problems_at_once(tiny_study):
-    """Several data problems are reported together, in one error."""
+    """Problems of values and of data are reported together, in one error."""
     root = tiny_study.parent
     edit_csv(root / "data" / "X.csv", lambda a: a[:-1])
     (root / "data" / "images" / "sub-01_ses-2.nii").unlink()
-    config = load(tiny_study)
+    config = load(tiny_study) | {"tol": "-1", "Missingness": {"MinPercent": 2}}
     config["contrasts"].append({"c4": {"vector": [1, 0]}})
-    problems = problems_of(config, root)
-    assert len(problems) == 3, problems
+    with pytest.raises(ConfigError) as info:
+        load_config(config, root)
+    problems = info.value.problems
+    assert len(problems) == 5, problems
     joined = "\n".join(problems)
-    assert "X:" in joined and "sub-01_ses-2" in joined and "c4" in joined
+    for word in ("tol", "MinPercent", "X:", "sub-01_ses-2", "c4"):
+        assert word in joined
+    assert str(info.value).startswith("The BLMM config has 5 problem(s)")
+    assert not (root / "out").exists()
