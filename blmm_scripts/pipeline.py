@@ -222,6 +222,14 @@ def read_batch_data(
     M = io.load_voxels(data_masks, voxels) if data_masks is not None else None
     is_missing = missing(Y, M, thresh)
     Y[is_missing] = 0.0
+    logger.info(
+        "read %d images (%s data masks) at %d voxels: %d of %d values missing",
+        len(images),
+        "with" if M is not None else "no",
+        Y.shape[1],
+        int(is_missing.sum()),
+        is_missing.size,
+    )
     return Y, is_missing
 
 
@@ -360,6 +368,15 @@ def concat_batches(
         (np.ones(rows.size, dtype=bool), (rows, cols)), shape=(n_vox, n_images)
     )
     M.sort_indices()
+    logger.info(
+        "summed %d image batches at %d voxels: %d with every image, %d with some, "
+        "%d with none",
+        len(parts),
+        n_vox,
+        int((n == n_images).sum()),
+        int(((n > 0) & (n < n_images)).sum()),
+        int((n == 0).sum()),
+    )
     return VoxelStats(XtY, ZtY, YtY, n, M)
 
 
