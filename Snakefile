@@ -10,10 +10,11 @@ min_version("9.0")
 
 # ---- Configuration ----
 # The example config applies only when no --configfile is given, so that none of
-# its keys leak into a user's BLMM config (Snakemake would merge the two).
+# its keys leak into a user's BLMM config (Snakemake would merge the two).  It is
+# found next to this Snakefile, so the example also runs with --directory.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 report: "report/workflow.rst"
