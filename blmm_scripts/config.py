@@ -583,12 +583,16 @@ def _check_image(
         problems.append(f"{label}: {path} has a different affine than the first image")
 
 
-def check_inputs(settings: Settings) -> Inputs:
+def check_inputs(settings: Settings, check_images: bool = True) -> Inputs:
     """Read the lists, tables and image headers of a config and check the data.
 
     Parameters
     ----------
     settings : Settings
+    check_images : bool
+        Read the header of every image and mask (not only the first image's).
+        Jobs that Snakemake spawns re-parse the workflow; they skip this, since the
+        main process has checked it already.
 
     Raises
     ------
@@ -596,13 +600,15 @@ def check_inputs(settings: Settings) -> Inputs:
         Listing every problem found.
     """
     problems: list[str] = []
-    inputs = _check_inputs(settings, problems)
+    inputs = _check_inputs(settings, problems, check_images)
     if problems:
         raise ConfigError(problems)
     return inputs
 
 
-def _check_inputs(settings: Settings, problems: list[str]) -> Inputs:
+def _check_inputs(
+    settings: Settings, problems: list[str], check_images: bool = True
+) -> Inputs:
     """Check the data of a config, appending problems (see :func:`check_inputs`)."""
 
     def table(path: Path, label: str) -> NDArray[np.float64] | None:
@@ -635,7 +641,7 @@ def _check_inputs(settings: Settings, problems: list[str]) -> Inputs:
                 problems.append(f"Y_files: first image {first} cannot be read ({err})")
         else:
             problems.append(f"Y_files: first image {first} does not exist")
-    if shape:
+    if shape and check_images:
         for i, path in enumerate(images[1:], start=2):
             _check_image(path, f"Y_files image {i}", shape, affine, problems)
 
@@ -648,7 +654,7 @@ def _check_inputs(settings: Settings, problems: list[str]) -> Inputs:
                     f"data_mask_files: {settings.data_mask_files} lists {len(masks)} "
                     f"masks but Y_files lists {n} images (one mask per image)"
                 )
-            elif shape:
+            elif shape and check_images:
                 for i, path in enumerate(masks, start=1):
                     _check_image(
                         path, f"data_mask_files mask {i}", shape, affine, problems
@@ -735,7 +741,9 @@ def _check_inputs(settings: Settings, problems: list[str]) -> Inputs:
     )
 
 
-def load(config: dict[str, Any], workdir: Path) -> tuple[Settings, Inputs]:
+def load(
+    config: dict[str, Any], workdir: Path, check_images: bool = True
+) -> tuple[Settings, Inputs]:
     """Parse and check a config in one go, reporting every problem of both steps.
 
     With the example's ``simulate`` key and the study not yet written, the inputs
@@ -757,7 +765,7 @@ def load(config: dict[str, Any], workdir: Path) -> tuple[Settings, Inputs]:
         if problems:
             raise ConfigError(problems)
         return settings, planned_inputs(settings, **sim)
-    inputs = _check_inputs(settings, problems)
+    inputs = _check_inputs(settings, problems, check_images)
     if problems:
         raise ConfigError(problems)
     return settings, inputs

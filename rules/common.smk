@@ -15,7 +15,11 @@ from blmm_scripts.partition import make_plan
 from blmm_scripts.pipeline import map_names
 
 validate(config, schema="../config/config.schema.yaml")
-SETTINGS, INPUTS = blmm_config.load(config, Path.cwd())
+# Jobs spawned by Snakemake re-parse this file; only the main process reads the
+# header of every image (thousands of files on a big study).
+SETTINGS, INPUTS = blmm_config.load(
+    config, Path.cwd(), check_images=workflow.is_main_process
+)
 PLAN = make_plan(
     SETTINGS.MAXMEM,
     SETTINGS.maxnvb,
