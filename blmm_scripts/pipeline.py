@@ -331,7 +331,10 @@ def batch_rows(
 
 
 def concat_batches(
-    parts: Sequence[tuple[tuple[int, int], BatchProducts]], n_images: int, q: int
+    parts: Sequence[tuple[tuple[int, int], BatchProducts]],
+    n_images: int,
+    q: int,
+    p: int,
 ) -> VoxelStats:
     """Sum the batch products of the same voxels into sufficient statistics.
 
@@ -343,23 +346,28 @@ def concat_batches(
     n_images : int
     q : int
         Columns of Z.
+    p : int
+        Columns of X.  Voxels with n <= p images can never be fitted; their
+        missing images are not listed (outside the brain that would be every
+        image at every voxel), and their rows of ``missing`` are empty.
     """
     first = parts[0][1]
     n_vox = first.YtY.shape[0]
+    n = np.sum([part.n for _, part in parts], axis=0, dtype=np.int32)
+    need = n > p
     XtY = np.zeros_like(first.XtY)
     ZtY = np.zeros((n_vox, q))
     YtY = np.zeros(n_vox)
-    n = np.zeros(n_vox, dtype=np.int32)
     vox_ids, img_ids = [], []
     for (start, stop), part in parts:
         XtY += part.XtY
         ZtY[:, part.ZtY_columns] += part.ZtY
         YtY += part.YtY
-        n += part.n
         coo = part.missing.tocoo()
-        vox_ids.append(coo.row)
-        img_ids.append(coo.col + start)
-        empty = np.flatnonzero(part.n == 0)
+        keep = need[coo.row]
+        vox_ids.append(coo.row[keep])
+        img_ids.append(coo.col[keep] + start)
+        empty = np.flatnonzero((part.n == 0) & need)
         vox_ids.append(np.repeat(empty, stop - start))
         img_ids.append(np.tile(np.arange(start, stop), empty.size))
     rows = np.concatenate(vox_ids).astype(np.intp)
@@ -705,7 +713,9 @@ def run_pipeline(
     )
     n_images = inputs.n_images
     part = batch_products(design.X, design.factors, (0, n_images), Y, is_missing)
-    stats = concat_batches([((0, n_images), part)], n_images, design.random_effects.q)
+    stats = concat_batches(
+        [((0, n_images), part)], n_images, design.random_effects.q, design.X.shape[1]
+    )
     fitted = estimate_voxels(
         stats,
         design.X,

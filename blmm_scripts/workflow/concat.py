@@ -19,5 +19,7 @@ with log_to_file(snakemake.log[0]):
         arrays = {name: io.open_npy(inp[name][b]) for name in names}
         missing = io.load_arrays(inp.missing[b])
         parts.append((tuple(rows), batch_rows(arrays, missing, start, stop)))
-    stats = concat_batches(parts, design.X.shape[0], design.random_effects.q)
+    stats = concat_batches(
+        parts, design.X.shape[0], design.random_effects.q, design.X.shape[1]
+    )
     io.save_arrays(snakemake.output.products, **stats.to_arrays())

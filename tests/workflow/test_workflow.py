@@ -236,6 +236,7 @@ WORKFLOW_PYTHON = [
     "tests/unit/test_io.py",
     "tests/unit/test_masks.py",
     "tests/unit/test_partition.py",
+    "tests/unit/test_pipeline.py",
     "tests/workflow",
 ]
 
