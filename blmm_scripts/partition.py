@@ -69,9 +69,14 @@ def voxel_batches(n_voxels: int, n_batches: int) -> list[tuple[int, int]]:
     return [(int(b - n), int(b)) for n, b in zip(bounds, stops, strict=True)]
 
 
+#: Voxels per fit/infer call at most: vectorisation gains nothing beyond about a
+#: thousand voxels, while memory grows with every one (benchmarks/).
+MAX_CHUNK = 1000
+
+
 def voxel_chunk(maxmem: int, p: int, re: RandomEffects) -> int:
     """Return how many voxels one fit/infer call may take within MAXMEM."""
-    return int(max(1, maxmem // voxel_bytes(p, re)))
+    return int(max(1, min(MAX_CHUNK, maxmem // voxel_bytes(p, re))))
 
 
 @dataclass(frozen=True)
