@@ -6,8 +6,9 @@
 INPUT   DIR0 and DIR1: inputs.yml, blmm_vox_llh, blmm_vox_mask of each analysis
 OUTPUT  DIR/blmm_vox_{mask,Chi2,Chi2lp}.nii, DIR/logs/compare.log
 
-The rule exists only when compare_small and compare_large are given; the analysis
-config (the example's, or --configfile) is parsed as usual but not used.
+The analysis config (the example's, or --configfile) is parsed as usual but not
+used.  Without compare_small and compare_large the rule's only input is a file that
+cannot exist, named so that Snakemake's "missing input" error says what to do.
 """
 
 from blmm_scripts import compare as blmm_compare
@@ -15,33 +16,33 @@ from blmm_scripts import compare as blmm_compare
 COMPARE_SMALL = config.get("compare_small")
 COMPARE_LARGE = config.get("compare_large")
 COMPARE_OUT = config.get("compare_out", "results/compare")
+COMPARE_INPUTS = (
+    {
+        f"{which}_{name}": path
+        for which, folder in (("small", COMPARE_SMALL), ("large", COMPARE_LARGE))
+        for name, path in blmm_compare.analysis_files(folder).items()
+    }
+    if COMPARE_SMALL and COMPARE_LARGE
+    else {"missing": "(give --config compare_small=DIR compare_large=DIR)"}
+)
 
 
-if COMPARE_SMALL and COMPARE_LARGE:
-
-    rule compare:
-        """Check the analyses are nested; write Chi2 and -log10 p maps."""
-        input:
-            **{
-                f"small_{k}": v
-                for k, v in blmm_compare.analysis_files(COMPARE_SMALL).items()
-            },
-            **{
-                f"large_{k}": v
-                for k, v in blmm_compare.analysis_files(COMPARE_LARGE).items()
-            },
-        output:
-            mask=f"{COMPARE_OUT}/blmm_vox_mask.nii",
-            Chi2=f"{COMPARE_OUT}/blmm_vox_Chi2.nii",
-            Chi2lp=f"{COMPARE_OUT}/blmm_vox_Chi2lp.nii",
-        log:
-            f"{COMPARE_OUT}/logs/compare.log",
-        benchmark:
-            f"{COMPARE_OUT}/benchmarks/compare.tsv"
-        conda:
-            "../envs/blmm.yaml"
-        threads: 1
-        resources:
-            mem_mb=MEM_MB,
-        script:
-            "../blmm_scripts/workflow/compare.py"
+rule compare:
+    """Check the analyses are nested; write Chi2 and -log10 p maps."""
+    input:
+        **COMPARE_INPUTS,
+    output:
+        mask=f"{COMPARE_OUT}/blmm_vox_mask.nii",
+        Chi2=f"{COMPARE_OUT}/blmm_vox_Chi2.nii",
+        Chi2lp=f"{COMPARE_OUT}/blmm_vox_Chi2lp.nii",
+    log:
+        f"{COMPARE_OUT}/logs/compare.log",
+    benchmark:
+        f"{COMPARE_OUT}/benchmarks/compare.tsv"
+    conda:
+        "../envs/blmm.yaml"
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+    script:
+        "../blmm_scripts/workflow/compare.py"

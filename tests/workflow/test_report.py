@@ -185,6 +185,14 @@ def test_compare_refuses_swapped_models(study, with_slope):
     assert not (study / "cmp_swapped/blmm_vox_Chi2.nii").exists()
 
 
+def test_compare_without_folders_says_what_to_give(study):
+    """`snakemake compare` without compare_small/large fails naming the keys."""
+    result = snakemake(study, "-n", "compare")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "give --config compare_small=DIR compare_large=DIR" in output
+
+
 def test_benchmark_table_sums_per_rule(tmp_path):
     """Benchmark TSVs (Snakemake's columns) are summed per rule, max RSS kept."""
     columns = "s h:m:s max_rss max_vms max_uss max_pss io_in io_out mean_load cpu_time"
