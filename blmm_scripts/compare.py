@@ -264,8 +264,8 @@ def check_nested(small: Model, large: Model) -> Reference:
         (1.0,),
         False,
         "; ".join(lines)
-        + f"; no standard mixture for {len(added)} added group(s) of variance "
-        f"parameters: plain chi2_{df}, conservative (p-values too large)",
+        + "; no standard mixture when more than one variance is tested on the "
+        f"boundary: plain chi2_{df}, conservative (p-values too large)",
     )
 
 
