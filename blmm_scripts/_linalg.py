@@ -229,7 +229,8 @@ def _sandwich(Lam: NDArray, B: NDArray) -> NDArray:
     v, k = Lam.shape[0], Lam.shape[-1]
     m, l0 = B.shape[:2]
     kron = np.einsum("vab,vcd->vacbd", Lam, Lam).reshape(v, k * k, k * k)
-    out = kron @ B.reshape(m, l0, k * k).transpose(0, 2, 1)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite voxels stay NaN
+        out = kron @ B.reshape(m, l0, k * k).transpose(0, 2, 1)
     return out.transpose(0, 2, 1).reshape(v, l0, k, k)
 
 

@@ -43,6 +43,7 @@ METHODS = ("pSFS", "SFS", "pFS", "FS")
 FALLBACK_STEP = 2.0**-6  # steps this short still fail: go to the next mode
 SCORING, FACTOR, GRADIENT = 0, 1, 2
 MIN_STEP = 2.0**-30  # a gradient step this short still fails: stationary
+CHECK_STEP = 2.0**-12  # the same when the gradient only checks a converged point
 
 
 def _score_D(curv: Curvature, sigma2: NDArray, kind: str) -> list[NDArray]:
@@ -181,31 +182,39 @@ def _advance(
     Scoring steps in D are the rule.  An accepted step that had to be projected back
     into the PSD cone puts D on the boundary: there a projected scoring step can
     stall short of the optimum, so the next steps are taken in factors of D (along
-    the boundary) until they converge, and then one scoring step checks that
-    nothing better lies off the boundary.  Failing steps are halved; when they get
-    too short the next mode is tried, the gradient last.
+    the boundary) until they converge.  Convergence on the boundary is then checked
+    by a scoring step (is anything better off the boundary?) and finally by a
+    gradient step, whose projection ascends unless the point satisfies the
+    optimality (KKT) conditions.  Failing steps are halved; when they get too short
+    the next mode is tried, the gradient last.  `check` is 0 while iterating, 1 while
+    a scoring step checks a factor fit, 2 while a gradient step checks the boundary.
     """
-    m = mode[idx]
+    m, c = mode[idx], check[idx]
     done = np.zeros(len(idx), dtype=bool)
     # accepted steps
     conv = accept & small
-    verify = conv & (m == FACTOR) & ~check[idx]
-    done |= conv & ~verify
+    to_scoring_check = conv & (m == FACTOR) & (c == 0)
+    to_gradient_check = conv & (m == SCORING) & clipped & (c < 2)
+    done |= conv & ~to_scoring_check & ~to_gradient_check
     moved = accept & ~small
     to_factor = moved & (m == SCORING) & clipped
     back = moved & (m == GRADIENT)
-    new_mode = np.where(verify | back, SCORING, np.where(to_factor, FACTOR, m))
-    new_lam = np.where(verify | back | to_factor, 1.0, np.minimum(1.0, 2.0 * lam[idx]))
-    new_check = np.where(verify, True, np.where(moved, False, check[idx]))
+    new_mode = np.where(to_scoring_check | back, SCORING, m)
+    new_mode = np.where(to_factor, FACTOR, new_mode)
+    new_mode = np.where(to_gradient_check, GRADIENT, new_mode)
+    restart = to_scoring_check | to_gradient_check | back | to_factor
+    new_lam = np.where(restart, 1.0, np.minimum(1.0, 2.0 * lam[idx]))
+    new_check = np.where(moved, 0, c)
+    new_check = np.where(to_scoring_check, 1, np.where(to_gradient_check, 2, new_check))
     # rejected steps
     rej = ~accept
     half = 0.5 * lam[idx]
     short = rej & (half < FALLBACK_STEP)
-    done |= short & check[idx]
-    done |= rej & (m == GRADIENT) & (half < MIN_STEP)
-    escalate = short & ~check[idx] & (m < GRADIENT)
+    done |= rej & (m == GRADIENT) & (half < np.where(c == 2, CHECK_STEP, MIN_STEP))
+    escalate = short & (m < GRADIENT)
     new_lam = np.where(rej, np.where(escalate, 1.0, half), new_lam)
-    new_mode = np.where(escalate, m + 1, new_mode)
+    new_mode = np.where(escalate, np.where(c == 1, GRADIENT, m + 1), new_mode)
+    new_check = np.where(escalate & (c == 1), 2, new_check)
     mode[idx], lam[idx], check[idx] = new_mode, new_lam, new_check
     return done
 
@@ -291,7 +300,7 @@ def fit(
 
     lam = np.ones(v)
     mode = np.full(v, SCORING)  # per voxel: scoring in D, in factors, or gradient
-    check = np.zeros(v, dtype=bool)  # a converged factor fit being checked by scoring
+    check = np.zeros(v, dtype=np.int8)  # see _advance
     active = status == Status.OK
     for it in range(1, maxnit + 1):
         idx = np.flatnonzero(active)

@@ -32,6 +32,7 @@ from blmm_scripts.structure import (
     RandomEffects,
     Status,
     duplication_matrix,
+    vech,
 )
 
 LN10 = np.log(10.0)
@@ -131,11 +132,79 @@ def _variance_gradient(
     return sigma2 * LHL, np.concatenate(grads, axis=1)
 
 
-def satterthwaite(prof: Profile, sigma2: NDArray, J: NDArray, L: NDArray) -> NDArray:
-    """Satterthwaite df of contrast rows L (v, p), given the observed information J."""
+def _psd_cholesky(D: NDArray) -> NDArray:
+    """Lower-triangular L with L L' = D for PSD stacks (v, k, k), zero pivots allowed.
+
+    A column whose pivot is ~0 is set to zero (lme4's θ on its lower bound).
+    """
+    k = D.shape[-1]
+    L = np.zeros_like(D)
+    scale = np.maximum(np.abs(np.einsum("vii->vi", D)).max(-1), 1e-300)
+    for j in range(k):
+        d = D[:, j, j] - np.sum(L[:, j, :j] ** 2, axis=-1)
+        piv = np.sqrt(np.maximum(d, 0.0))
+        on = d > 1e-8 * np.maximum(1.0, scale)
+        L[:, j, j] = np.where(on, piv, 0.0)
+        for i in range(j + 1, k):
+            off = D[:, i, j] - np.sum(L[:, i, :j] * L[:, j, :j], axis=-1)
+            L[:, i, j] = np.where(on, off / np.where(on, piv, 1.0), 0.0)
+    return L
+
+
+def cholesky_coordinates(
+    D: list[NDArray], scores: list[NDArray], re: RandomEffects
+) -> tuple[NDArray, NDArray, NDArray]:
+    """Return the change to lme4's coordinates θ = (σ², vech L_1, ..., vech L_r).
+
+    D_k = L_k L_k' with L_k lower triangular, as lme4 writes it (Bates et al. 2015).
+    Inside the parameter space this changes nothing in the Satterthwaite df (they
+    are invariant at a stationary point).  On the boundary (a singular fit) it is
+    what makes them equal lmerTest's: the Hessian in θ gains the curvature term
+    Σ_ab (dl/dD_ab) d²D_ab/dθ dθ', because the score in D is not zero there, and
+    the columns of L that are zero (θ on its bound) drop out of the problem.
+
+    Returns T (v, 1+q_u, 1+q_u) with d vech D = T dθ, C (v, 1+q_u, 1+q_u) the
+    curvature term, and held (v, 1+q_u) True for the parameters of zero columns.
+    """
+    v = D[0].shape[0]
+    size = 1 + re.q_u
+    T = np.zeros((v, size, size))
+    C = np.zeros((v, size, size))
+    T[:, 0, 0] = 1.0
+    held = np.zeros((v, size), dtype=bool)
+    o = 1
+    for Dk, Gk, qk, w in zip(D, scores, re.n_raneffs, re.n_vech, strict=True):
+        L = _psd_cholesky(Dk)
+        rows, cols = np.triu_indices(qk)[::-1]  # vech order: column-wise lower
+        for m, (r, c) in enumerate(zip(rows, cols, strict=True)):
+            # d D / d L[r, c] = e_r L[:, c]' + L[:, c] e_r'
+            dD = np.zeros((v, qk, qk))
+            dD[:, r, :] += L[:, :, c]
+            dD[:, :, r] += L[:, :, c]
+            T[:, o : o + w, o + m] = vech(dD)
+            held[:, o + m] = ~np.any(L[:, :, c] != 0, axis=-1)
+            for m2, (r2, c2) in enumerate(zip(rows, cols, strict=True)):
+                if c2 == c:  # d²D/dL[r,c] dL[r2,c] = e_r e_r2' + e_r2 e_r'
+                    C[:, o + m, o + m2] = 2 * Gk[:, r, r2]
+        o += w
+    return T, C, held
+
+
+def satterthwaite(
+    prof: Profile, sigma2: NDArray, J: NDArray, L: NDArray, face: tuple | None = None
+) -> NDArray:
+    """Satterthwaite df of contrast rows L (v, p), given the observed information J.
+
+    face : (T, held) from :func:`cholesky_coordinates`; J is then already in those
+    coordinates, with the held parameters' rows and columns set to the identity.
+    """
     var, g = _variance_gradient(prof, sigma2, L)
+    if face is not None:
+        T, held = face
+        g = np.where(held, 0.0, np.einsum("vji,vj->vi", T, g))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return 2 * var**2 / np.einsum("vi,vi->v", g, solve_pd(J, g))
+        denom = np.einsum("vi,vi->v", g, solve_pd(J, g))
+        return np.where(denom > 0, 2 * var**2 / denom, np.nan)
 
 
 def f_ddf(nu: NDArray, tol: float = 1e-8) -> NDArray:
@@ -224,12 +293,22 @@ def infer(
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         out["resms"][idx] = ete / (sub.n - p)
-    J = observed_information(prof, sigma2)
+    kind = "P" if fit_result.reml else "V"
+    curv = Curvature(prof)
+    scores = [
+        0.5 * (curv.ss(k) / sigma2[:, None, None] - curv.diag_sum(k, kind))
+        for k in range(re.r)
+    ]
+    T, C, held = cholesky_coordinates([Dk[idx] for Dk in fit_result.D], scores, re)
+    face = (T, held)
+    J = T.swapaxes(-1, -2) @ observed_information(prof, sigma2) @ T - C
+    J = np.where(held[:, :, None] | held[:, None, :], 0.0, J)
+    J = J + np.einsum("vi,ij->vij", held.astype(float), np.eye(J.shape[-1]))
     for i, c in enumerate(tcons):
         L = np.broadcast_to(c, (m, p))
         est = beta @ c
         var, _ = _variance_gradient(prof, sigma2, L)
-        df = satterthwaite(prof, sigma2, J, L)
+        df = satterthwaite(prof, sigma2, J, L, face)
         with np.errstate(divide="ignore", invalid="ignore"):
             T = est / np.sqrt(var)
         logp = np.log(2) + t_logsf(np.abs(T), df) if two_sided else t_logsf(T, df)
@@ -248,7 +327,7 @@ def infer(
         nu = np.empty((m, c.shape[0]))
         for j in range(c.shape[0]):
             Lj = np.einsum("va,ap->vp", P[:, :, j], c)
-            nu[:, j] = satterthwaite(prof, sigma2, J, Lj)
+            nu[:, j] = satterthwaite(prof, sigma2, J, Lj, face)
         nu = np.where(keep, nu, np.nan)
         # lmerTest drops directions of zero variance; keep the leading ones.
         order = np.argsort(~keep, axis=1, kind="stable")

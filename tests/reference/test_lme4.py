@@ -9,7 +9,7 @@ were produced and why each tolerance is what it is.
 lme4 calls a fit singular when a diagonal entry of its relative Cholesky factor theta
 is below 1e-4 (a variance on the boundary, or a correlation of +-1).  Estimates are
 compared only on non-singular fits; on singular ones the engine must reach lme4's
-log-likelihood and sit on the same boundary.
+log-likelihood, sit on the same boundary and give lmerTest's Satterthwaite df.
 """
 
 from __future__ import annotations
@@ -459,6 +459,26 @@ def test_F_contrasts(case_est):
     """F contrasts match lmerTest's contestMD (Satterthwaite) on non-singular fits."""
     cs, ref, eng = case_est
     check_F(eng, ref, cs)
+
+
+def test_satterthwaite_on_singular_fits(case_est):
+    """On singular (boundary) fits the T and F df still match lmerTest's within 0.5%.
+
+    The engine writes the Hessian in lme4's Cholesky coordinates there, with the
+    curvature term of the non-zero score and the zero columns held (see
+    blmm_scripts.inference.cholesky_coordinates); the estimates themselves sit on
+    the boundary, so df are the only quantities compared beyond the likelihood.
+    """
+    cs, ref, eng = case_est
+    sing = ~nonsingular(ref)
+    if not sing.any():
+        pytest.skip("no singular fit in this case")
+    for names, ours, col in (
+        (list(cs.tcons), eng.conT_swedf, "df"),
+        (list(cs.fcons), eng.conF_swedf, "ddf"),
+    ):
+        want = ref[[f"{n}_{col}" for n in names]].to_numpy(float)[sing]
+        assert_close(ours[sing], want, 0.0, f"{col} on singular fits", rtol=DF_RTOL)
 
 
 # The other three Fisher-scoring methods must reach the same optimum (issue 3, item 2),
