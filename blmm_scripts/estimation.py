@@ -412,8 +412,8 @@ def bytes_per_voxel(re: RandomEffects, p: int) -> int:
         m = s + p
         floats = (
             14 * l0 * q0 * q0  # Z'Z blocks, M, M^-1, G, Bv, C and temporaries
-            + 8 * l0 * q0 * m  # F, K, W, N, the border blocks of both kinds
-            + 6 * s * s
+            + 10 * l0 * q0 * m  # F, K, W, N, the border blocks of both kinds
+            + 8 * s * s
             + 2 * q0 * q0 * m * m  # S and QS of the low-rank information term
         )
     else:

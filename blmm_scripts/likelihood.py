@@ -112,6 +112,33 @@ def profile(
     return Profile(pr, re, reml, wood, XtViX, H, logdetX, beta, S, n_eff, GZtX, GZtY)
 
 
+def level_sum(A: NDArray[np.float64], B: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Return Σ_j A_j ⊗ B_j over the level axis, (v, l, *a), (v, l, *b) -> (v, *a, *b).
+
+    One matrix product per voxel (A_flat' B_flat), which BLAS does far faster than
+    the equivalent einsum loops; a leading 1 broadcasts.
+    """
+    va, l0 = A.shape[:2]
+    vb = B.shape[0]
+    a_shape, b_shape = A.shape[2:], B.shape[2:]
+    out = np.swapaxes(A.reshape(va, l0, -1), 1, 2) @ B.reshape(vb, l0, -1)
+    return out.reshape(out.shape[0], *a_shape, *b_shape)
+
+
+def _pairs(R: NDArray[np.float64]) -> NDArray[np.float64]:
+    """(v, l1, q1, l2, q2) -> (v, l1 l2, q1, q2): level pairs on one axis."""
+    v, l1, q1, l2, q2 = R.shape
+    return R.transpose(0, 1, 3, 2, 4).reshape(v, l1 * l2, q1, q2)
+
+
+def _dense_data_term(s1: NDArray, R12: NDArray, s2: NDArray) -> NDArray:
+    """Σ_ij s1_i[a] R_ij[b,c] s2_j[d] for R12 (v, l1, q1, l2, q2)."""
+    v, l1, q1, l2, q2 = R12.shape
+    Rt = R12.transpose(0, 1, 2, 4, 3).reshape(v, l1 * q1 * q2, l2)
+    RS = (Rt @ s2).reshape(v, l1, q1, q2, s2.shape[-1])  # Σ_j R[i,b,j,c] s_j[d]
+    return level_sum(s1, RS)
+
+
 def vec_matrix(T: NDArray[np.float64]) -> NDArray[np.float64]:
     """Turn T[v, a, b, c, d] into the matrix with rows vec(a, b), columns vec(c, d).
 
@@ -119,6 +146,26 @@ def vec_matrix(T: NDArray[np.float64]) -> NDArray[np.float64]:
     """
     v, q1, _, q2, _ = T.shape
     return T.transpose(0, 2, 1, 4, 3).reshape(v, q1 * q1, q2 * q2)
+
+
+def _low_rank_trace(Bv: NDArray, C: NDArray, W: NDArray, Q: NDArray) -> NDArray:
+    """T for R = blockdiag(Bv_j) - W Q W' (W_j the level rows of W), via level sums.
+
+    T = Σ_j Bv⊗Bv - Σ_j (Bv⊗C + C⊗Bv) + tr(Q S_cd Q S_ab), S_xy = Σ_j W_j[x] W_j[y]',
+    C_j = W_j Q W_j'; index order as in :meth:`_BlockCurvature.trace_term`.
+    """
+    cross = level_sum(Bv, Bv) - level_sum(Bv, C) - level_sum(C, Bv)
+    S = level_sum(W, W).transpose(0, 1, 3, 2, 4)  # (v, x, y, m, n)
+    QS = Q[:, None, None] @ S
+    return cross.transpose(0, 3, 1, 2, 4) + np.einsum("vcdij,vabji->vabcd", QS, QS)
+
+
+def _low_rank_data(sb: NDArray, Bv: NDArray, W: NDArray, Q: NDArray) -> NDArray:
+    """U for R = blockdiag(Bv_j) - W Q W': Σ_j s_j[a] Bv_j[b,c] s_j[d] - E_ab' Q E_dc."""
+    ss = sb[..., :, None] * sb[..., None, :]  # (v, l, a, d)
+    U = level_sum(ss, Bv).transpose(0, 1, 3, 4, 2)
+    E = level_sum(sb, W)  # (v, a, b, m)
+    return U - np.einsum("vabm,vmn,vdcn->vabcd", E, Q, E)
 
 
 class _BlockCurvature:
@@ -142,8 +189,9 @@ class _BlockCurvature:
             self.Bv = ZtZ - small_matmul(small_matmul(ZtZ, G), ZtZ)
             self.Fb = prof.F.reshape(v, l0, q0, -1)
             self.sb = prof.s.reshape(v, l0, q0)
-            HF = np.einsum("vpr,vjbr->vjbp", prof.H, self.Fb)
-            self.C = np.einsum("vjap,vjbp->vjab", self.Fb, HF)  # F_j H F_j'
+            HF = (prof.F @ np.swapaxes(prof.H, -1, -2)).reshape(self.Fb.shape)
+            # F_j H F_j' per level
+            self.C = (self.Fb[..., :, None, :] * HF[..., None, :, :]).sum(-1)
         else:
             Rv = ZtZ - ZtZ @ G @ ZtZ
             self.Rv = np.broadcast_to(Rv, (v, *Rv.shape[1:]))
@@ -173,7 +221,7 @@ class _BlockCurvature:
     def ss(self, k: int) -> NDArray:
         """Σ_j s_j s_j' of factor k, shape (v, q_k, q_k)."""
         sk = self._s(k)
-        return np.einsum("vja,vjb->vab", sk, sk)
+        return level_sum(sk, sk)
 
     def diag_sum(self, k: int, kind: str) -> NDArray:
         """Σ_j R_jj of factor k, R = Z'V^-1 Z (kind "V") or Z'PZ (kind "P")."""
@@ -187,30 +235,19 @@ class _BlockCurvature:
     def trace_term(self, k1: int, k2: int, kind: str) -> NDArray:
         """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d] for factors k1, k2."""
         if self.re.one_factor:
-            Bv = np.broadcast_to(self.Bv, (self.v, *self.Bv.shape[1:]))
-            T = np.einsum("vjbc,vjad->vabcd", Bv, Bv)
             if kind == "P":
-                C = self.C
-                T = T - np.einsum("vjbc,vjad->vabcd", Bv, C)
-                T = T - np.einsum("vjbc,vjad->vabcd", C, Bv)
-                S = np.einsum("vjxp,vjyr->vxypr", self.Fb, self.Fb)
-                HS = np.einsum("vpr,vxyrs->vxyps", self.prof.H, S)
-                T = T + np.einsum("vcdij,vabji->vabcd", HS, HS)
-            return T
+                return _low_rank_trace(self.Bv, self.C, self.Fb, self.prof.H)
+            return level_sum(self.Bv, self.Bv).transpose(0, 3, 1, 2, 4)
         R = self.Rp if kind == "P" else self.Rv
-        R12 = self._dense_block(R, k1, k2)
-        return np.einsum("vibjc,viajd->vabcd", R12, R12)
+        R12 = _pairs(self._dense_block(R, k1, k2))
+        return level_sum(R12, R12).transpose(0, 3, 1, 2, 4)
 
     def data_term(self, k1: int, k2: int) -> NDArray:
         """U[v,a,b,c,d] = Σ_ij s_i[a] P_ij[b,c] s_j[d] for factors k1, k2."""
         if self.re.one_factor:
-            sb, Fb = self.sb, self.Fb
-            Bv = np.broadcast_to(self.Bv, (self.v, *self.Bv.shape[1:]))
-            U = np.einsum("vja,vjbc,vjd->vabcd", sb, Bv, sb)
-            E = np.einsum("via,vibp->vabp", sb, Fb)
-            return U - np.einsum("vabp,vpr,vdcr->vabcd", E, self.prof.H, E)
+            return _low_rank_data(self.sb, self.Bv, self.Fb, self.prof.H)
         P12 = self._dense_block(self.Rp, k1, k2)
-        return np.einsum("via,vibjc,vjd->vabcd", self._s(k1), P12, self._s(k2))
+        return _dense_data_term(self._s(k1), P12, self._s(k2))
 
 
 class _BorderedCurvature(_BlockCurvature):
@@ -252,13 +289,22 @@ class _BorderedCurvature(_BlockCurvature):
             R0s = N - WQ[:, :w] @ np.swapaxes(W[:, w:], -1, -2)
             Rss = Css - WQ[:, w:] @ np.swapaxes(W[:, w:], -1, -2)
             self.dense[kind] = (R0s, Rss)
-        self.Fb = None
+        self._Cs: dict[str, NDArray] = {}
+        self.Bv = np.broadcast_to(self.Bv, (v, *self.Bv.shape[1:]))
 
     def _W(self, kind: str) -> tuple[NDArray, NDArray]:
         """Return the first factor's rows of W as (v, l, q0, m), and Q."""
         W, Q = self.low[kind]
         l0, q0 = self.re.n_levels[0], self.re.n_raneffs[0]
         return W[:, : self.w].reshape(self.v, l0, q0, -1), Q
+
+    def _C(self, kind: str) -> NDArray:
+        """Per-level diagonal blocks W_j Q W_j' of the low-rank part, (v, l, q0, q0)."""
+        if kind not in self._Cs:
+            W, Q = self._W(kind)
+            WQ = W @ Q[:, None]
+            self._Cs[kind] = (WQ[..., :, None, :] * W[..., None, :, :]).sum(-1)
+        return self._Cs[kind]
 
     def _cross(self, k1: int, k2: int, kind: str) -> NDArray:
         """Dense block (v, l1, q1, l2, q2) of Z'AZ for a pair involving the border."""
@@ -287,39 +333,23 @@ class _BorderedCurvature(_BlockCurvature):
         """Σ_j R_jj of factor k, R = Z'V^-1 Z (kind "V") or Z'PZ (kind "P")."""
         if k > 0:
             return np.einsum("vjajb->vab", self._cross(k, k, kind))
-        W, Q = self._W(kind)
-        low = np.einsum("vjam,vmn,vjbn->vab", W, Q, W)
-        return np.broadcast_to(self.Bv.sum(1), low.shape) - low
+        return self.Bv.sum(1) - self._C(kind).sum(1)
 
     def trace_term(self, k1: int, k2: int, kind: str) -> NDArray:
         """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d] for factors k1, k2."""
         if k1 > 0 or k2 > 0:
-            R12 = self._cross(k1, k2, kind)
-            return np.einsum("vibjc,viajd->vabcd", R12, R12)
+            R12 = _pairs(self._cross(k1, k2, kind))
+            return level_sum(R12, R12).transpose(0, 3, 1, 2, 4)
         W, Q = self._W(kind)
-        Bv = np.broadcast_to(self.Bv, (self.v, *self.Bv.shape[1:]))
-        C = np.einsum("vjam,vmn,vjbn->vjab", W, Q, W)
-        T = np.einsum("vjbc,vjad->vabcd", Bv, Bv)
-        T = (
-            T
-            - np.einsum("vjbc,vjad->vabcd", Bv, C)
-            - np.einsum("vjbc,vjad->vabcd", C, Bv)
-        )
-        S = np.einsum("vjxm,vjyn->vxymn", W, W)
-        QS = np.einsum("vmr,vxyrn->vxymn", Q, S)
-        return T + np.einsum("vcdij,vabji->vabcd", QS, QS)
+        return _low_rank_trace(self.Bv, self._C(kind), W, Q)
 
     def data_term(self, k1: int, k2: int) -> NDArray:
         """U[v,a,b,c,d] = Σ_ij s_i[a] P_ij[b,c] s_j[d] for factors k1, k2."""
         if k1 > 0 or k2 > 0:
             P12 = self._cross(k1, k2, "P")
-            return np.einsum("via,vibjc,vjd->vabcd", self._s(k1), P12, self._s(k2))
+            return _dense_data_term(self._s(k1), P12, self._s(k2))
         W, Q = self._W("P")
-        sb = self._s(0)
-        Bv = np.broadcast_to(self.Bv, (self.v, *self.Bv.shape[1:]))
-        U = np.einsum("vja,vjbc,vjd->vabcd", sb, Bv, sb)
-        E = np.einsum("via,vibm->vabm", sb, W)
-        return U - np.einsum("vabm,vmn,vdcn->vabcd", E, Q, E)
+        return _low_rank_data(self._s(0), self.Bv, W, Q)
 
 
 def Curvature(prof: Profile) -> _BlockCurvature:
