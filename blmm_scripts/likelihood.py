@@ -161,7 +161,7 @@ def _low_rank_trace(Bv: NDArray, C: NDArray, W: NDArray, Q: NDArray) -> NDArray:
 
 
 def _low_rank_data(sb: NDArray, Bv: NDArray, W: NDArray, Q: NDArray) -> NDArray:
-    """U for R = blockdiag(Bv_j) - W Q W': Σ_j s_j[a] Bv_j[b,c] s_j[d] - E_ab' Q E_dc."""
+    """U for R = blockdiag(Bv_j) - W Q W': Σ_j s_j[a] Bv_j[b,c] s_j[d] - E_ab'Q E_dc."""
     ss = sb[..., :, None] * sb[..., None, :]  # (v, l, a, d)
     U = level_sum(ss, Bv).transpose(0, 1, 3, 4, 2)
     E = level_sum(sb, W)  # (v, a, b, m)
