@@ -79,6 +79,26 @@ def voxel_chunk(maxmem: int, p: int, re: RandomEffects) -> int:
     return int(max(1, min(MAX_CHUNK, maxmem // voxel_bytes(p, re))))
 
 
+#: Memory of a job beyond MAXMEM: the interpreter, numpy, scipy, nibabel and the
+#: job's inputs (MB).  Jobs ask for ``mem_mb = MAXMEM / 2**20 + OVERHEAD_MB``.
+OVERHEAD_MB = 512
+
+
+def job_mem_mb(maxmem: int) -> int:
+    """Return the memory (MB) a job asks Snakemake for."""
+    return int(maxmem // 2**20 + OVERHEAD_MB)
+
+
+def chunk_for_job(mem_mb: int, p: int, re: RandomEffects) -> int:
+    """Return the voxels per fit/infer call for a job given ``mem_mb``.
+
+    Taken from the job's resources (not from params) so that a profile giving more
+    memory allows larger chunks and the chunk size never triggers a rerun.
+    """
+    budget = max(int(mem_mb) - OVERHEAD_MB, 64) * 2**20
+    return voxel_chunk(budget, p, re)
+
+
 @dataclass(frozen=True)
 class Plan:
     """The DAG's shape: which images and voxels each job handles.

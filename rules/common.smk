@@ -11,7 +11,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from blmm_scripts import config as blmm_config
-from blmm_scripts.partition import make_plan
+from blmm_scripts.partition import job_mem_mb, make_plan
 from blmm_scripts.pipeline import map_names
 
 validate(config, schema="../config/config.schema.yaml")
@@ -33,7 +33,7 @@ N_T = sum(not c.is_f for c in SETTINGS.contrasts)
 N_F = len(SETTINGS.contrasts) - N_T
 MAPS = map_names(N_T, N_F, SETTINGS.output_cov_b, SETTINGS.resms)
 # Memory of one job: MAXMEM plus the interpreter and libraries (documented in README).
-MEM_MB = SETTINGS.MAXMEM // 2**20 + 512
+MEM_MB = job_mem_mb(SETTINGS.MAXMEM)
 
 
 def as_relative(path):

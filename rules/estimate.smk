@@ -27,6 +27,5 @@ rule estimate:
         reml=SETTINGS.reml,
         tol=SETTINGS.tol,
         maxnit=SETTINGS.maxnit,
-        chunk=PLAN.chunk,
     script:
         "../blmm_scripts/workflow/estimate.py"

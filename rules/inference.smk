@@ -24,6 +24,5 @@ rule inference:
         contrasts=[{"name": c.name, "L": c.L.tolist()} for c in SETTINGS.contrasts],
         two_sided=SETTINGS.two_sided,
         minlog=SETTINGS.minlog,
-        chunk=PLAN.chunk,
     script:
         "../blmm_scripts/workflow/inference.py"

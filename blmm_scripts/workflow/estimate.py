@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from blmm_scripts import io
 from blmm_scripts._logging import log_to_file
+from blmm_scripts.partition import chunk_for_job
 from blmm_scripts.pipeline import (
     Design,
     Rules,
@@ -28,6 +29,8 @@ with log_to_file(snakemake.log[0]):
         reml=par.reml,
         tol=par.tol,
         maxnit=par.maxnit,
-        chunk=par.chunk,
+        chunk=chunk_for_job(
+            snakemake.resources.mem_mb, design.X.shape[1], design.random_effects
+        ),
     )
     io.save_arrays(snakemake.output.fit, **fit_arrays(fitted, stats.n))

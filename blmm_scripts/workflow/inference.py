@@ -7,6 +7,7 @@ import numpy as np
 from blmm_scripts import io
 from blmm_scripts._logging import log_to_file
 from blmm_scripts.config import Contrast
+from blmm_scripts.partition import chunk_for_job
 from blmm_scripts.pipeline import Design, VoxelStats, fit_from, infer_voxels
 
 if TYPE_CHECKING:  # stub for linters and IDEs only
@@ -25,6 +26,8 @@ with log_to_file(snakemake.log[0]):
         contrasts,
         two_sided=par.two_sided,
         minlog=par.minlog,
-        chunk=par.chunk,
+        chunk=chunk_for_job(
+            snakemake.resources.mem_mb, design.X.shape[1], design.random_effects
+        ),
     )
     io.save_arrays(snakemake.output.stats, **stats)
