@@ -59,6 +59,15 @@ def intermediate(path):
     return path if SETTINGS.keep_intermediates else temp(path)
 
 
+def temporary_until_maps():
+    """Return the temporary statistics, so that they are removed only after maps.
+
+    Snakemake deletes a temp() file once every job that reads it has finished;
+    listing them as inputs of maps keeps them until the maps exist.
+    """
+    return [] if SETTINGS.keep_intermediates else all_voxel_batches("products.npz")
+
+
 wildcard_constraints:
     b=r"\d{4}",
     j=r"\d{4}",

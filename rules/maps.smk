@@ -12,6 +12,7 @@ rule maps:
         stats=all_voxel_batches("stats.npz"),
         design=work("setup/design.npz"),
         reference=as_relative(INPUTS.images[0]),
+        until_maps=temporary_until_maps(),
     output:
         **map_files(),
         inputs=f"{OUTDIR}/inputs.yml",
