@@ -20,6 +20,8 @@ rule batch:
         missing=temp(work("batch/{b}/missing.npz")),
     log:
         work("logs/batch/{b}.log"),
+    benchmark:
+        work("benchmarks/batch/{b}.tsv")
     conda:
         "../envs/blmm.yaml"
     threads: 1

@@ -121,6 +121,12 @@ def design_inputs():
     return files
 
 
+def resolved_config():
+    """Return the config for inputs.yml: BLMM's keys resolved, then any others."""
+    resolved = SETTINGS.to_dict()
+    return resolved | {k: v for k, v in config.items() if k not in resolved}
+
+
 def map_files():
     """Return the output maps, in BLMM's names."""
     return {name: f"{OUTDIR}/blmm_vox_{name}{SETTINGS.map_suffix}" for name in MAPS}

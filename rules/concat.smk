@@ -20,6 +20,8 @@ rule concat:
         products=intermediate(work("vox/{j}/products.npz")),
     log:
         work("logs/concat/{j}.log"),
+    benchmark:
+        work("benchmarks/concat/{j}.tsv")
     conda:
         "../envs/blmm.yaml"
     threads: 1

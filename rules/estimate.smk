@@ -14,6 +14,8 @@ rule estimate:
         fit=work("vox/{j}/fit.npz"),
     log:
         work("logs/estimate/{j}.log"),
+    benchmark:
+        work("benchmarks/estimate/{j}.tsv")
     conda:
         "../envs/blmm.yaml"
     threads: 1

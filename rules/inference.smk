@@ -15,6 +15,8 @@ rule inference:
         stats=work("vox/{j}/stats.npz"),
     log:
         work("logs/inference/{j}.log"),
+    benchmark:
+        work("benchmarks/inference/{j}.tsv")
     conda:
         "../envs/blmm.yaml"
     threads: 1

@@ -18,6 +18,8 @@ rule maps:
         inputs=f"{OUTDIR}/inputs.yml",
     log:
         work("logs/maps.log"),
+    benchmark:
+        work("benchmarks/maps.tsv")
     conda:
         "../envs/blmm.yaml"
     threads: 1
@@ -25,6 +27,6 @@ rule maps:
         mem_mb=MEM_MB,
     params:
         maps=MAPS,
-        resolved=SETTINGS.to_dict(),
+        resolved=resolved_config(),
     script:
         "../blmm_scripts/workflow/maps.py"

@@ -14,6 +14,8 @@ rule setup:
         plan=work("setup/plan.json"),
     log:
         work("logs/setup.log"),
+    benchmark:
+        work("benchmarks/setup.tsv")
     conda:
         "../envs/blmm.yaml"
     threads: 1

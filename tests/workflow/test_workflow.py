@@ -95,6 +95,33 @@ def test_maps_header_and_outputs(one_batch):
     assert not list(out.glob(".*partial*"))
 
 
+def test_volume_orders(one_batch):
+    """Con holds T contrasts in config order, cov is row-major p x p, D is vech."""
+    maps = read_maps(one_batch / "out")
+    inside = maps["mask"] > 0
+    beta = maps["beta"][inside].astype(float)
+    config = yaml.safe_load((one_batch / "config.yaml").read_text())
+    t_contrasts = [
+        np.asarray(body["vector"], float)
+        for item in config["contrasts"]
+        for body in item.values()
+        if np.ndim(body["vector"]) == 1
+    ]
+    assert maps["con"].shape[-1] == len(t_contrasts) == 2
+    assert maps["conF"].shape[-1] == 1
+    for i, L in enumerate(t_contrasts):
+        # float32 maps: relative 1e-5 of the largest term
+        np.testing.assert_allclose(
+            maps["con"][inside][:, i], beta @ L, rtol=1e-5, atol=1e-4
+        )
+    cov = maps["cov"][inside].reshape(-1, 4, 4)
+    np.testing.assert_array_equal(cov, cov.transpose(0, 2, 1))
+    assert (np.diagonal(cov, axis1=1, axis2=2) > 0).all()
+    se = np.sqrt(np.einsum("i,vij,j->v", t_contrasts[0], cov, t_contrasts[0]))
+    np.testing.assert_allclose(maps["conSE"][inside][:, 0], se, rtol=1e-4)
+    assert maps["D"].shape[-1] == 1  # one factor, random intercept: vech is 1 value
+
+
 def test_maps_do_not_depend_on_batching(one_batch, many_batches):
     """4 image batches and several voxel batches give the maps of 1 and 1."""
     dry = snakemake(many_batches, "-n")
