@@ -1,4 +1,6 @@
-"""Generated analyses for dry runs: the DAG's shape at any number of images, on no data.
+"""Helpers for the scheduler tests: scaled studies for dry runs, and workflow runs.
+
+Scaled studies: the DAG's shape at any number of images, on no data.
 
 At parse time the workflow reads the image list, every image's header (shape and affine),
 X and the factor CSVs (``blmm_scripts.config.check_inputs``); the plan then depends only on the
@@ -9,6 +11,9 @@ exactly the jobs a real study of that size would get.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -70,3 +75,83 @@ def write_scaled_study(
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+# ---- Running the workflow --------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+#: Test overrides of the committed cluster profiles: this one-node cluster has 2 CPUs, and the
+#: tests cannot wait out status-check delays meant for busy production schedulers.
+SLURM_TEST_ARGS = (
+    "--cores",
+    "2",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--latency-wait",
+    "5",
+)
+SGE_TEST_ARGS = (
+    "--cores",
+    "2",
+    "--seconds-between-status-checks",
+    "2",
+    "--latency-wait",
+    "5",
+)
+
+
+def snakemake_cmd(workdir: Path, *args: str, profile: str | None = None) -> list[str]:
+    """Return the command running the repository's workflow on workdir/config.yaml."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(Path(workdir) / "config.yaml"),
+    ]
+    if profile is not None:
+        # An absolute path: the profile's status script is resolved against it, and Snakemake
+        # runs from --directory.
+        cmd += ["--profile", str(REPO / "profiles" / profile)]
+    return [*cmd, *args]
+
+
+def run_snakemake(
+    workdir: Path, *args: str, profile: str | None = None, timeout: int = 240
+) -> subprocess.CompletedProcess:
+    """Run Snakemake under `timeout -k 10` (a stuck executor cannot hang the tests)."""
+    cmd = ["timeout", "-k", "10", str(timeout), *snakemake_cmd(workdir, *args, profile=profile)]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+def copy_study(source: Path, workdir: Path) -> None:
+    """Copy the example's config and simulated study (not its results) into workdir."""
+    shutil.copy(Path(source) / "config.yaml", Path(workdir) / "config.yaml")
+    # copytree keeps modification times, so Snakemake sees the study as up to date.
+    shutil.copytree(Path(source) / "example", Path(workdir) / "example")
+
+
+def read_maps(outdir: Path) -> dict[str, np.ndarray]:
+    """Return every blmm_vox_* map of an output folder, keyed by file name."""
+    return {
+        p.name: np.asarray(nib.load(p).dataobj) for p in sorted(Path(outdir).glob("blmm_vox_*"))
+    }
+
+
+def assert_maps_equal(actual: dict, expected: dict) -> None:
+    """Same maps, bit for bit: the same code ran on the same batches, only elsewhere."""
+    assert sorted(actual) == sorted(expected)
+    for name, value in expected.items():
+        assert actual[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(actual[name], value, err_msg=name)
+
+
+def tail(result: subprocess.CompletedProcess, n: int = 4000) -> str:
+    """Return the end of a run's output for an assertion message."""
+    return (result.stdout + result.stderr)[-n:]

@@ -7,10 +7,12 @@ would get, one call per submission. This wraps `snakemake` in-process, records e
 those calls instead of printing the job (printing the inputs of every job is what makes
 a dry run of a 20,000-image analysis slow), and prints one JSON line:
 
-    {"submitted": N, "by_name": {"setup": 1, "products": 23, ...}, "rule_jobs": M}
+    {"submitted": N, "by_name": {"setup": 1, "products": 23, ...}, "rule_jobs": M,
+     "by_rule": {"batch": 1112, ...}}
 
 `submitted` leaves out jobs that run on the submitting host (local rules and rules
-without an action, such as `all`); `rule_jobs` counts every rule job, grouped or not.
+without an action, such as `all`); `by_name` splits it by rule or group name.
+`rule_jobs` counts every rule job, grouped or not, and `by_rule` splits it by rule.
 """
 
 from __future__ import annotations
@@ -22,18 +24,16 @@ from collections import Counter
 from snakemake.executors import dryrun
 
 submitted: Counter[str] = Counter()
-rule_jobs = 0
+by_rule: Counter[str] = Counter()
 
 
 def _record(self, job) -> None:
     """Record one submission (a job or a group job) instead of printing it."""
-    global rule_jobs
     if job.is_group():
-        members = list(job.jobs)
-        rule_jobs += len(members)
+        by_rule.update(member.rule.name for member in job.jobs)
         submitted[job.groupid] += 1
         return
-    rule_jobs += 1
+    by_rule[job.rule.name] += 1
     # Workflow.is_local() says True for every job in a dry run; ask what it asks otherwise.
     if not (job.rule.norun or job.rule.name in job.dag.workflow._localrules):
         submitted[job.rule.name] += 1
@@ -56,7 +56,8 @@ def main(argv: list[str]) -> int:
             {
                 "submitted": sum(submitted.values()),
                 "by_name": dict(sorted(submitted.items())),
-                "rule_jobs": rule_jobs,
+                "rule_jobs": sum(by_rule.values()),
+                "by_rule": dict(sorted(by_rule.items())),
             }
         )
     )

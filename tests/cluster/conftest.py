@@ -1,0 +1,94 @@
+"""Fixtures for the scheduler tests: a one-node SLURM or SGE, the example study, a local run.
+
+The schedulers are started by tests/cluster/slurm.sh and sge.sh (root only, packages from
+tests/cluster/install-schedulers.sh) once per session and stopped at its end; a scheduler
+that cannot be started skips its tests with the reason, or fails them when
+BLMM_REQUIRE_SCHEDULERS=1 (for CI, where both must work).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cluster_helpers import HERE, REPO, copy_study, read_maps, run_snakemake, tail
+
+
+def pytest_configure(config):
+    """Register the markers used here."""
+    config.addinivalue_line(
+        "markers", "cluster: needs a real scheduler started on this machine (root)"
+    )
+    config.addinivalue_line(
+        "markers", "slow: takes more than a few seconds (end-to-end Snakemake runs)"
+    )
+
+
+def _unavailable(reason: str):
+    """Skip, or fail where the schedulers are required."""
+    if os.environ.get("BLMM_REQUIRE_SCHEDULERS") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _scheduler(name: str, binary: str):
+    """Start a scheduler with its script; yield; stop what the script started."""
+    if os.geteuid() != 0:
+        _unavailable(f"{name}: starting the daemons needs root")
+    if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists():
+        _unavailable(f"{name}: {binary} not installed (tests/cluster/install-schedulers.sh)")
+    script = HERE / f"{name}.sh"
+    try:
+        started = subprocess.run(
+            [str(script), "start"], capture_output=True, text=True, timeout=120, check=False
+        )
+    except subprocess.TimeoutExpired:
+        _unavailable(f"{name}: {script.name} start timed out")
+    if started.returncode != 0:
+        _unavailable(f"{name}: {script.name} start failed: {started.stderr[-2000:]}")
+    yield name
+    subprocess.run([str(script), "stop"], capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running one-node SLURM."""
+    yield from _scheduler("slurm", "slurmctld")
+
+
+@pytest.fixture(scope="session")
+def sge():
+    """A running one-host SGE."""
+    yield from _scheduler("sge", "sge_qmaster")
+
+
+@pytest.fixture(scope="session")
+def example_data(tmp_path_factory) -> Path:
+    """A local run (--cores 2, no profile) of the example study of config/config.yaml.
+
+    Returns its working directory: the simulated study in example/, the maps in
+    results/example/. Other runs copy the study from here instead of simulating it again.
+    """
+    root = tmp_path_factory.mktemp("local")
+    shutil.copy(REPO / "config" / "config.yaml", root / "config.yaml")
+    result = run_snakemake(root, "--cores", "2", timeout=300)
+    assert result.returncode == 0, tail(result)
+    return root
+
+
+@pytest.fixture(scope="session")
+def local_maps(example_data) -> dict:
+    """The maps of the local run, by file name."""
+    maps = read_maps(example_data / "results" / "example")
+    assert maps, "the local run wrote no maps"
+    return maps
+
+
+@pytest.fixture
+def study(example_data, tmp_path) -> Path:
+    """A fresh working directory holding the example study and its config, no results."""
+    copy_study(example_data, tmp_path)
+    return tmp_path
