@@ -2,11 +2,11 @@
 
 Scaled studies: the DAG's shape at any number of images, on no data.
 
-At parse time the workflow reads the image list, every image's header (shape and affine),
-X and the factor CSVs (``blmm_scripts.config.check_inputs``); the plan then depends only on the
-number of images, the grid, p, the factors and MAXMEM. So a study of n images can list one
-brain-sized image n times, with X and the factor CSVs written for n rows, and the dry run plans
-exactly the jobs a real study of that size would get.
+At parse time the workflow reads the image list, every image's header (shape and
+affine), X and the factor CSVs (``blmm_scripts.config.check_inputs``); the plan then
+depends only on the number of images, the grid, p, the factors and MAXMEM. So a study of
+n images can list one brain-sized image n times, with X and the factor CSVs written for
+n rows, and the dry run plans exactly the jobs a real study of that size would get.
 """
 
 from __future__ import annotations
@@ -77,13 +77,14 @@ def write_scaled_study(
     return path
 
 
-# ---- Running the workflow --------------------------------------------------------------------
+# ---- Running the workflow ----
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
-#: Test overrides of the committed cluster profiles: this one-node cluster has 2 CPUs, and the
-#: tests cannot wait out status-check delays meant for busy production schedulers.
+#: Test overrides of the committed cluster profiles: this one-node cluster has 2 CPUs,
+#: and the tests cannot wait out status-check delays meant for busy production
+#: schedulers.
 SLURM_TEST_ARGS = (
     "--cores",
     "2",
@@ -116,8 +117,8 @@ def snakemake_cmd(workdir: Path, *args: str, profile: str | None = None) -> list
         str(Path(workdir) / "config.yaml"),
     ]
     if profile is not None:
-        # An absolute path: the profile's status script is resolved against it, and Snakemake
-        # runs from --directory.
+        # An absolute path: the profile's status script is resolved against it, and
+        # Snakemake runs from --directory.
         cmd += ["--profile", str(REPO / "profiles" / profile)]
     return [*cmd, *args]
 
@@ -126,7 +127,13 @@ def run_snakemake(
     workdir: Path, *args: str, profile: str | None = None, timeout: int = 240
 ) -> subprocess.CompletedProcess:
     """Run Snakemake under `timeout -k 10` (a stuck executor cannot hang the tests)."""
-    cmd = ["timeout", "-k", "10", str(timeout), *snakemake_cmd(workdir, *args, profile=profile)]
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        str(timeout),
+        *snakemake_cmd(workdir, *args, profile=profile),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
@@ -140,12 +147,13 @@ def copy_study(source: Path, workdir: Path) -> None:
 def read_maps(outdir: Path) -> dict[str, np.ndarray]:
     """Return every blmm_vox_* map of an output folder, keyed by file name."""
     return {
-        p.name: np.asarray(nib.load(p).dataobj) for p in sorted(Path(outdir).glob("blmm_vox_*"))
+        p.name: np.asarray(nib.load(p).dataobj)
+        for p in sorted(Path(outdir).glob("blmm_vox_*"))
     }
 
 
 def assert_maps_equal(actual: dict, expected: dict) -> None:
-    """Same maps, bit for bit: the same code ran on the same batches, only elsewhere."""
+    """Assert the same maps, bit for bit: the same code ran on the same batches."""
     assert sorted(actual) == sorted(expected)
     for name, value in expected.items():
         assert actual[name].dtype == value.dtype, name

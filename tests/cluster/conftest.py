@@ -1,8 +1,8 @@
-"""Fixtures for the scheduler tests: a one-node SLURM or SGE, the example study, a local run.
+"""Fixtures for the scheduler tests: SLURM or SGE, the example study, a local run.
 
-The schedulers are started by tests/cluster/slurm.sh and sge.sh (root only, packages from
-tests/cluster/install-schedulers.sh) once per session and stopped at its end; a scheduler
-that cannot be started skips its tests with the reason, or fails them when
+The schedulers are started by tests/cluster/slurm.sh and sge.sh (root only, packages
+from tests/cluster/install-schedulers.sh) once per session and stopped at its end; a
+scheduler that cannot be started skips its tests with the reason, or fails them when
 BLMM_REQUIRE_SCHEDULERS=1 (for CI, where both must work).
 """
 
@@ -39,11 +39,17 @@ def _scheduler(name: str, binary: str):
     if os.geteuid() != 0:
         _unavailable(f"{name}: starting the daemons needs root")
     if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists():
-        _unavailable(f"{name}: {binary} not installed (tests/cluster/install-schedulers.sh)")
+        _unavailable(
+            f"{name}: {binary} not installed (tests/cluster/install-schedulers.sh)"
+        )
     script = HERE / f"{name}.sh"
     try:
         started = subprocess.run(
-            [str(script), "start"], capture_output=True, text=True, timeout=120, check=False
+            [str(script), "start"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         _unavailable(f"{name}: {script.name} start timed out")
@@ -55,22 +61,22 @@ def _scheduler(name: str, binary: str):
 
 @pytest.fixture(scope="session")
 def slurm():
-    """A running one-node SLURM."""
+    """Start a one-node SLURM for the session."""
     yield from _scheduler("slurm", "slurmctld")
 
 
 @pytest.fixture(scope="session")
 def sge():
-    """A running one-host SGE."""
+    """Start a one-host SGE for the session."""
     yield from _scheduler("sge", "sge_qmaster")
 
 
 @pytest.fixture(scope="session")
 def example_data(tmp_path_factory) -> Path:
-    """A local run (--cores 2, no profile) of the example study of config/config.yaml.
+    """Run the example study of config/config.yaml locally (--cores 2, no profile).
 
     Returns its working directory: the simulated study in example/, the maps in
-    results/example/. Other runs copy the study from here instead of simulating it again.
+    results/example/. Other runs copy the study from here instead of simulating it.
     """
     root = tmp_path_factory.mktemp("local")
     shutil.copy(REPO / "config" / "config.yaml", root / "config.yaml")
@@ -81,7 +87,7 @@ def example_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def local_maps(example_data) -> dict:
-    """The maps of the local run, by file name."""
+    """Return the maps of the local run, by file name."""
     maps = read_maps(example_data / "results" / "example")
     assert maps, "the local run wrote no maps"
     return maps
@@ -89,6 +95,6 @@ def local_maps(example_data) -> dict:
 
 @pytest.fixture
 def study(example_data, tmp_path) -> Path:
-    """A fresh working directory holding the example study and its config, no results."""
+    """Return a fresh working directory with the example study and config."""
     copy_study(example_data, tmp_path)
     return tmp_path

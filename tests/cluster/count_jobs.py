@@ -2,10 +2,10 @@
 
 Usage: python count_jobs.py SNAKEMAKE_ARGS...   (without -n; it is added)
 
-A dry run hands the dry-run executor the same jobs and group jobs that a cluster executor
-would get, one call per submission. This wraps `snakemake` in-process, records each of
-those calls instead of printing the job (printing the inputs of every job is what makes
-a dry run of a 20,000-image analysis slow), and prints one JSON line:
+A dry run hands the dry-run executor the same jobs and group jobs that a cluster
+executor would get, one call per submission. This wraps `snakemake` in-process, records
+each of those calls instead of printing the job (printing the inputs of every job is
+what makes a dry run of a 20,000-image analysis slow), and prints one JSON line:
 
     {"submitted": N, "by_name": {"setup": 1, "products": 23, ...}, "rule_jobs": M,
      "by_rule": {"batch": 1112, ...}}
@@ -34,7 +34,8 @@ def _record(self, job) -> None:
         submitted[job.groupid] += 1
         return
     by_rule[job.rule.name] += 1
-    # Workflow.is_local() says True for every job in a dry run; ask what it asks otherwise.
+    # Workflow.is_local() says True for every job in a dry run; ask what it asks
+    # otherwise.
     if not (job.rule.norun or job.rule.name in job.dag.workflow._localrules):
         submitted[job.rule.name] += 1
 

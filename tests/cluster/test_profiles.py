@@ -1,7 +1,7 @@
 """The cluster profiles without a scheduler: dry runs, the rule graph, and job counts.
 
-None of these needs SLURM or SGE: a dry run with a cluster profile plans the same jobs and
-group jobs the executor would submit, which is what a user checks before submitting.
+None of these needs SLURM or SGE: a dry run with a cluster profile plans the same jobs
+and group jobs the executor would submit, which is what a user checks before submitting.
 """
 
 from __future__ import annotations
@@ -20,14 +20,18 @@ pytestmark = pytest.mark.slow
 
 PROFILES = ("slurm", "sge")
 SCHEDULER_COMMANDS = frozenset(
-    "sbatch squeue sacct sinfo scontrol scancel srun salloc sacctmgr sstat sprio sshare "
-    "qsub qstat qacct qdel qconf qhost qmod qalter qrsh qlogin qsh qhold qrls qselect".split()
+    [
+        *("sbatch", "squeue", "sacct", "sinfo", "scontrol", "scancel", "srun"),
+        *("salloc", "sacctmgr", "sstat", "sprio", "sshare"),
+        *("qsub", "qstat", "qacct", "qdel", "qconf", "qhost", "qmod", "qalter"),
+        *("qrsh", "qlogin", "qsh", "qhold", "qrls", "qselect"),
+    ]
 )
 
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory) -> Path:
-    """A working directory with the example config; the study is not simulated yet."""
+    """Return a working directory with the example config (study not simulated)."""
     root = tmp_path_factory.mktemp("profiles")
     (root / "config.yaml").write_bytes((REPO / "config" / "config.yaml").read_bytes())
     return root
@@ -35,9 +39,13 @@ def example(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def no_scheduler_env(tmp_path_factory) -> dict:
-    """An environment like this one, less every SLURM and SGE command and variable."""
+    """Return this environment less every SLURM and SGE command and variable."""
     bin_dir = tmp_path_factory.mktemp("bin")
-    for folder in (Path(sys.executable).parent, Path("/usr/local/bin"), Path("/usr/bin")):
+    for folder in (
+        Path(sys.executable).parent,
+        Path("/usr/local/bin"),
+        Path("/usr/bin"),
+    ):
         for tool in folder.iterdir() if folder.is_dir() else ():
             link = bin_dir / tool.name
             if tool.name not in SCHEDULER_COMMANDS and not link.exists():
@@ -49,8 +57,10 @@ def no_scheduler_env(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_dry_run_without_scheduler(profile, example, no_scheduler_env):
-    """`snakemake -n --profile profiles/<x>` plans the analysis with no scheduler at hand."""
-    assert not any((Path(no_scheduler_env["PATH"]) / c).exists() for c in SCHEDULER_COMMANDS)
+    """`snakemake -n --profile profiles/<x>` plans the analysis with no scheduler."""
+    assert not any(
+        (Path(no_scheduler_env["PATH"]) / c).exists() for c in SCHEDULER_COMMANDS
+    )
     result = subprocess.run(
         snakemake_cmd(example, "--dry-run", profile=profile),
         capture_output=True,
@@ -82,10 +92,13 @@ def test_rulegraph_renders(profile, example):
 
 
 def count_jobs(workdir: Path, *args: str, profile: str = "slurm") -> dict:
-    """Return count_jobs.py's counts for a dry run of workdir's config with a profile."""
+    """Return count_jobs.py's counts for a dry run of workdir's config."""
+    # snakemake_cmd starts with "python -m snakemake"; count_jobs.py takes the rest.
     cmd = [sys.executable, str(HERE / "count_jobs.py")]
-    cmd += snakemake_cmd(workdir, *args, profile=profile)[3:]  # drop "python -m snakemake"
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    cmd += snakemake_cmd(workdir, *args, profile=profile)[3:]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, check=False
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -98,14 +111,17 @@ MAX_SUBMITTED = 300
 def test_submitted_jobs_stay_few(n_images, tmp_path):
     """Jobs submitted for n images of a 2 mm brain (MAXMEM=2**32) stay few as n grows.
 
-    Measured with the slurm profile (the sge profile bundles the same way); each count is
+    Measured with the slurm profile (the sge profile bundles the same way); each
+    count is
     printed, see profiles/README.md for the table.
     """
     write_scaled_study(tmp_path, n_images)
     counts = count_jobs(tmp_path)
     by_rule, by_name = counts["by_rule"], counts["by_name"]
-    print(f"\n{n_images} images: {counts['rule_jobs']} rule jobs -> {counts['submitted']} "
-          f"cluster jobs {by_name}")
+    print(
+        f"\n{n_images} images: {counts['rule_jobs']} rule jobs -> "
+        f"{counts['submitted']} cluster jobs {by_name}"
+    )
     assert by_name["products"] == math.ceil(by_rule["batch"] / 50)
     assert by_name["voxels"] == math.ceil(by_rule["estimate"] / 4)
     assert by_name["setup"] == 1 and by_name["outputs"] == 1

@@ -1,7 +1,8 @@
 """The example study through profiles/sge on a real one-host Grid Engine 8.1.9.
 
-As tests/cluster/test_slurm.py, with the cluster-generic plugin, the profile's qsub command
-and its status script. Test-only overrides: SGE_TEST_ARGS (2 slots, status every 2 s).
+As tests/cluster/test_slurm.py, with the cluster-generic plugin, the profile's qsub
+command and its status script. Test-only overrides: SGE_TEST_ARGS (2 slots, status every
+2 s).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from cluster_helpers import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-#: h_vmem is a limit on virtual memory (setrlimit): with 100 MB the Snakemake process inside
-#: the job cannot even map its libraries, as any program over its h_vmem fails to allocate.
-#: The retry asks for 2000 MB.
+#: h_vmem is a limit on virtual memory (setrlimit): with 100 MB the Snakemake process
+#: inside the job cannot even map its libraries, as any program over its h_vmem fails to
+#: allocate. The retry asks for 2000 MB.
 STARVED_SETUP = "setup:mem_mb=100 if attempt == 1 else 2000"
 MEMORY_ERRORS = ("failed to map segment", "Cannot allocate memory", "MemoryError")
 
@@ -36,7 +37,12 @@ def starved_run(sge, example_data, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sge_run")
     copy_study(example_data, workdir)
     result = run_snakemake(
-        workdir, *SGE_TEST_ARGS, "--set-resources", STARVED_SETUP, profile="sge", timeout=240
+        workdir,
+        *SGE_TEST_ARGS,
+        "--set-resources",
+        STARVED_SETUP,
+        profile="sge",
+        timeout=240,
     )
     return workdir, result
 
@@ -49,10 +55,12 @@ def test_profile_run_maps_equal_local_run(starved_run, local_maps):
 
 
 def test_job_over_memory_is_retried_with_more(starved_run):
-    """setup's first attempt fails at its h_vmem; the second, with more, succeeds."""
+    """The first attempt of setup fails at its h_vmem; the second succeeds."""
     workdir, result = starved_run
     assert result.returncode == 0, tail(result)
-    setup_errors = [p.read_text() for p in (workdir / "logs" / "sge").glob("smk.setup.e*")]
+    setup_errors = [
+        p.read_text() for p in (workdir / "logs" / "sge").glob("smk.setup.e*")
+    ]
     assert len(setup_errors) == 2, "expected two attempts of setup"
     assert sum(any(e in text for e in MEMORY_ERRORS) for text in setup_errors) == 1
     out = result.stdout + result.stderr
@@ -67,10 +75,12 @@ def _qstat() -> list[tuple[str, str, str]]:
 
 
 def test_qdel_job_fails_and_rerun_completes_missing_work(sge, study, local_maps):
-    """qdel of the voxel-batch job is a failed job; the rerun redoes only that part."""
+    """A qdel'ed voxel-batch job is a failed job; the rerun redoes only that part."""
     cmd = ["timeout", "-k", "10", "180"]
     cmd += snakemake_cmd(study, *SGE_TEST_ARGS, "--retries", "0", profile="sge")
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as run:
         deleted = None
         deadline = time.monotonic() + 150
         while deleted is None and time.monotonic() < deadline and run.poll() is None:

@@ -1,8 +1,9 @@
 """The example study through profiles/slurm on a real one-node SLURM 22.05.
 
-Each test starts from a copy of the simulated example study and compares its maps with the
-local run's (`--cores 2`, no profile): the same code on the same batches must give the same
-bits, whatever ran it. Test-only overrides: SLURM_TEST_ARGS (2 CPUs, fast status checks).
+Each test starts from a copy of the simulated example study and compares its maps with
+the local run's (`--cores 2`, no profile): the same code on the same batches must give
+the same bits, whatever ran it. Test-only overrides: SLURM_TEST_ARGS (2 CPUs, fast
+status checks).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from cluster_helpers import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-#: The first attempt of `setup` gets 100 MB, less than Snakemake and numpy take inside the
-#: job; SLURM kills it (OverMemoryKill) and the retry gets 2000 MB.
+#: The first attempt of `setup` gets 100 MB, less than Snakemake and numpy take inside
+#: the job; SLURM kills it (OverMemoryKill) and the retry gets 2000 MB.
 STARVED_SETUP = "setup:mem_mb=100 if attempt == 1 else 2000"
 
 
@@ -54,10 +55,12 @@ def test_profile_run_maps_equal_local_run(starved_run, local_maps):
 
 
 def test_job_over_memory_is_retried_with_more(starved_run):
-    """SLURM kills setup's first attempt for its memory; the second, with more, succeeds."""
+    """SLURM kills setup's first attempt for its memory; the second succeeds."""
     workdir, result = starved_run
     assert result.returncode == 0, tail(result)
-    logs = {p: p.read_text() for p in (workdir / ".snakemake" / "slurm_logs").rglob("*.log")}
+    logs = {
+        p: p.read_text() for p in (workdir / ".snakemake" / "slurm_logs").rglob("*.log")
+    }
     killed = [p for p, text in logs.items() if "exceeded memory limit" in text]
     assert killed, "no SLURM log shows a job killed for its memory"
     assert all("rule_setup" in str(p) for p in killed)
@@ -78,11 +81,13 @@ def _squeue(*fields: str) -> list[list[str]]:
 
 
 def test_cancelled_job_fails_and_rerun_completes_missing_work(slurm, study, local_maps):
-    """scancel of the voxel-batch job is a failed job; the rerun redoes only that part."""
+    """A scancel'ed voxel-batch job is a failed job; the rerun redoes only that part."""
     known = {row[0] for row in _squeue("%i")}
     cmd = ["timeout", "-k", "10", "240"]
     cmd += snakemake_cmd(study, *SLURM_TEST_ARGS, "--retries", "0", profile="slurm")
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as run:
         cancelled = None
         deadline = time.monotonic() + 180
         while cancelled is None and time.monotonic() < deadline and run.poll() is None:
@@ -98,7 +103,8 @@ def test_cancelled_job_fails_and_rerun_completes_missing_work(slurm, study, loca
     assert "Error in group voxels" in out, out[-4000:]
     assert f"JOB {cancelled} ON" in out and "CANCELLED" in out, out[-4000:]
 
-    # What is left: the voxel-batch chain and the maps; the study, setup and products stay.
+    # What is left: the voxel-batch chain and the maps; the study, setup and products
+    # stay.
     dry = run_snakemake(study, "--dry-run", *SLURM_TEST_ARGS, profile="slurm")
     assert dry.returncode == 0, tail(dry)
     planned = set(re.findall(r"^\s*rule (\w+):", dry.stdout, flags=re.MULTILINE))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from conftest import make_tiny_study
+from tiny_study import make_tiny_study
 from helpers import planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-from conftest import make_tiny_study
+from tiny_study import make_tiny_study
 from helpers import REPO, planned_jobs, read_maps, snakemake
 
 from blmm_scripts.pipeline import run_pipeline
@@ -259,6 +259,7 @@ WORKFLOW_PYTHON = [
     "blmm_scripts/simulate.py",
     "blmm_scripts/workflow",
     "tests/conftest.py",
+    "tests/tiny_study.py",
     "tests/unit/test_config.py",
     "tests/unit/test_io.py",
     "tests/unit/test_masks.py",
