@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from tiny_study import make_tiny_study
 from helpers import planned_jobs, snakemake
+from tiny_study import make_tiny_study
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-from tiny_study import make_tiny_study
 from helpers import REPO, planned_jobs, read_maps, snakemake
+from tiny_study import make_tiny_study
 
 from blmm_scripts.pipeline import run_pipeline
 
