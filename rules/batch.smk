@@ -26,7 +26,7 @@ rule batch:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB,
+        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
     params:
         rows=batch_rows,
         thresh=SETTINGS.data_mask_thresh,

@@ -43,6 +43,6 @@ rule compare:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB,
+        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
     script:
         "../blmm_scripts/workflow/compare.py"

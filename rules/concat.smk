@@ -26,7 +26,7 @@ rule concat:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB,
+        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
     params:
         voxels=voxel_range,
         image_batches=PLAN.image_batches,

@@ -32,6 +32,6 @@ rule fdr:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB,
+        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
     script:
         "../blmm_scripts/workflow/fdr.py"

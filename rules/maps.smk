@@ -24,7 +24,7 @@ rule maps:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB,
+        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
     params:
         maps=MAPS,
         resolved=resolved_config(),

@@ -57,7 +57,7 @@ rule report_contrast:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB,
+        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
     params:
         contrasts=REPORT_CONTRASTS,
         threshold=REPORT_THRESHOLD,
@@ -87,7 +87,7 @@ rule report_maps:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB,
+        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
     params:
         titles=REPORT_MAPS,
     script:
@@ -125,7 +125,7 @@ rule report_summary:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB,
+        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
     params:
         n_images=INPUTS.n_images,
         benchmarks=work("benchmarks"),

@@ -20,7 +20,7 @@ rule setup:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=MEM_MB,
+        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
     params:
         names=[spec.name for spec in SETTINGS.factors],
     script:
