@@ -97,10 +97,15 @@ SGE_TEST_ARGS = (
     "--cores",
     "2",
     "--seconds-between-status-checks",
-    "2",
+    "1",
     "--latency-wait",
     "5",
 )
+
+
+#: The example study without its report figures (matplotlib, slow to start), in every
+#: run, local or not: the maps are what the scheduler tests compare.
+EXAMPLE_ARGS = ("--config", "report=0")
 
 
 def snakemake_cmd(workdir: Path, *args: str, profile: str | None = None) -> list[str]:

@@ -8,13 +8,22 @@ BLMM_REQUIRE_SCHEDULERS=1 (for CI, where both must work).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from cluster_helpers import HERE, REPO, copy_study, read_maps, run_snakemake, tail
+from cluster_helpers import (
+    EXAMPLE_ARGS,
+    HERE,
+    REPO,
+    copy_study,
+    read_maps,
+    run_snakemake,
+    tail,
+)
 
 
 def pytest_configure(config):
@@ -34,8 +43,44 @@ def _unavailable(reason: str):
     pytest.skip(reason)
 
 
+USERS_DIR = Path("/run/blmm-test-cluster")
+
+
+def _alive(pid: int) -> bool:
+    """Return whether a process exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _users(name: str, add: int | None = None, remove: int | None = None) -> set[int]:
+    """Update and return the live test sessions using a scheduler (a locked PID file).
+
+    Several test sessions may share one machine's scheduler; the last one out stops it.
+    """
+    USERS_DIR.mkdir(parents=True, exist_ok=True)
+    path = USERS_DIR / f"{name}.users"
+    with path.open("a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        pids = {int(x) for x in f.read().split() if x.isdigit()}
+        pids = {pid for pid in pids if _alive(pid)}
+        if add is not None:
+            pids.add(add)
+        if remove is not None:
+            pids.discard(remove)
+        f.seek(0)
+        f.truncate()
+        f.write("".join(f"{pid}\n" for pid in sorted(pids)))
+        return pids
+
+
 def _scheduler(name: str, binary: str):
-    """Start a scheduler with its script; yield; stop what the script started."""
+    """Start a scheduler with its script; yield; stop it when no session uses it."""
     if os.geteuid() != 0:
         _unavailable(f"{name}: starting the daemons needs root")
     if shutil.which(binary) is None and not Path("/usr/sbin", binary).exists():
@@ -43,6 +88,7 @@ def _scheduler(name: str, binary: str):
             f"{name}: {binary} not installed (tests/cluster/install-schedulers.sh)"
         )
     script = HERE / f"{name}.sh"
+    _users(name, add=os.getpid())
     try:
         started = subprocess.run(
             [str(script), "start"],
@@ -52,11 +98,16 @@ def _scheduler(name: str, binary: str):
             check=False,
         )
     except subprocess.TimeoutExpired:
+        _users(name, remove=os.getpid())
         _unavailable(f"{name}: {script.name} start timed out")
     if started.returncode != 0:
+        _users(name, remove=os.getpid())
         _unavailable(f"{name}: {script.name} start failed: {started.stderr[-2000:]}")
     yield name
-    subprocess.run([str(script), "stop"], capture_output=True, timeout=120, check=False)
+    if not _users(name, remove=os.getpid()):
+        subprocess.run(
+            [str(script), "stop"], capture_output=True, timeout=120, check=False
+        )
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +131,7 @@ def example_data(tmp_path_factory) -> Path:
     """
     root = tmp_path_factory.mktemp("local")
     shutil.copy(REPO / "config" / "config.yaml", root / "config.yaml")
-    result = run_snakemake(root, "--cores", "2", timeout=300)
+    result = run_snakemake(root, "--cores", "2", *EXAMPLE_ARGS, timeout=300)
     assert result.returncode == 0, tail(result)
     return root
 

@@ -1,8 +1,15 @@
 """The example study through profiles/sge on a real one-host Grid Engine 8.1.9.
 
-As tests/cluster/test_slurm.py, with the cluster-generic plugin, the profile's qsub
-command and its status script. Test-only overrides: SGE_TEST_ARGS (2 slots, status every
-2 s).
+The scenario of tests/cluster/test_slurm.py with the cluster-generic plugin, the
+profile's qsub command and its status script (sge-status.sh):
+
+1. a profile run in which setup's first attempt exceeds its h_vmem and is retried with
+   more, and the voxel-batch job is deleted with qdel on both of its attempts, so the
+   run ends with that job failed;
+2. a dry run then plans only the missing work;
+3. the rerun completes it, and every map equals the local run's bit for bit.
+
+Test-only overrides: SGE_TEST_ARGS (2 slots, status every second).
 """
 
 from __future__ import annotations
@@ -10,9 +17,11 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from cluster_helpers import (
+    EXAMPLE_ARGS,
     SGE_TEST_ARGS,
     assert_maps_equal,
     copy_study,
@@ -24,84 +33,98 @@ from cluster_helpers import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
-#: h_vmem is a limit on virtual memory (setrlimit): with 100 MB the Snakemake process
-#: inside the job cannot even map its libraries, as any program over its h_vmem fails to
+#: h_vmem limits virtual memory (setrlimit): with 100 MB the Snakemake process inside
+#: the job cannot even map its libraries, as any program over its h_vmem fails to
 #: allocate. The retry asks for 2000 MB.
 STARVED_SETUP = "setup:mem_mb=100 if attempt == 1 else 2000"
 MEMORY_ERRORS = ("failed to map segment", "Cannot allocate memory", "MemoryError")
+ARGS = (*SGE_TEST_ARGS, *EXAMPLE_ARGS)
+
+
+def _own_running_voxels_jobs(workdir: Path) -> list[str]:
+    """Return the ids of running voxel-batch jobs whose working directory is workdir."""
+    out = subprocess.run(["qstat"], capture_output=True, text=True, check=False).stdout
+    rows = [line.split() for line in out.splitlines()[2:]]
+    # qstat shows the first 10 characters of the name: "smk.voxels".
+    candidates = [
+        r[0] for r in rows if len(r) >= 5 and r[2] == "smk.voxels" and r[4] == "r"
+    ]
+    own = []
+    for jobid in candidates:
+        detail = subprocess.run(
+            ["qstat", "-j", jobid], capture_output=True, text=True, check=False
+        ).stdout
+        cwd = re.search(r"^cwd:\s+(\S+)", detail, flags=re.MULTILINE)
+        if cwd and cwd.group(1) == str(workdir):
+            own.append(jobid)
+    return own
 
 
 @pytest.fixture(scope="module")
-def starved_run(sge, example_data, tmp_path_factory):
-    """One profile run in which setup's first attempt exceeds its h_vmem."""
-    workdir = tmp_path_factory.mktemp("sge_run")
+def scenario(sge, example_data, tmp_path_factory):
+    """Run the scenario; return the workdir and the three runs' results."""
+    workdir = tmp_path_factory.mktemp("sge")
     copy_study(example_data, workdir)
-    result = run_snakemake(
+    cmd = ["timeout", "-k", "10", "300"]
+    cmd += snakemake_cmd(
         workdir,
-        *SGE_TEST_ARGS,
+        *ARGS,
+        "--retries",
+        "1",
         "--set-resources",
         STARVED_SETUP,
         profile="sge",
-        timeout=240,
     )
-    return workdir, result
-
-
-def test_profile_run_maps_equal_local_run(starved_run, local_maps):
-    """Every map of the SGE run equals the local run's, bit for bit."""
-    workdir, result = starved_run
-    assert result.returncode == 0, tail(result)
-    assert_maps_equal(read_maps(workdir / "results" / "example"), local_maps)
-
-
-def test_job_over_memory_is_retried_with_more(starved_run):
-    """The first attempt of setup fails at its h_vmem; the second succeeds."""
-    workdir, result = starved_run
-    assert result.returncode == 0, tail(result)
-    setup_errors = [
-        p.read_text() for p in (workdir / "logs" / "sge").glob("smk.setup.e*")
-    ]
-    assert len(setup_errors) == 2, "expected two attempts of setup"
-    assert sum(any(e in text for e in MEMORY_ERRORS) for text in setup_errors) == 1
-    out = result.stdout + result.stderr
-    assert "Error in rule setup" in out and "Trying to restart job" in out, tail(result)
-
-
-def _qstat() -> list[tuple[str, str, str]]:
-    """Return (job id, name, state) of the jobs in qstat."""
-    out = subprocess.run(["qstat"], capture_output=True, text=True, check=False).stdout
-    rows = [line.split() for line in out.splitlines()[2:]]
-    return [(r[0], r[2], r[4]) for r in rows if len(r) >= 5]
-
-
-def test_qdel_job_fails_and_rerun_completes_missing_work(sge, study, local_maps):
-    """A qdel'ed voxel-batch job is a failed job; the rerun redoes only that part."""
-    cmd = ["timeout", "-k", "10", "180"]
-    cmd += snakemake_cmd(study, *SGE_TEST_ARGS, "--retries", "0", profile="sge")
+    deleted: list[str] = []
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as run:
-        deleted = None
-        deadline = time.monotonic() + 150
-        while deleted is None and time.monotonic() < deadline and run.poll() is None:
-            for jobid, name, state in _qstat():
-                # qstat shows the first 10 characters of the name, "smk.voxels".
-                if name.startswith("smk.voxels") and state == "r":
+        deadline = time.monotonic() + 280
+        while run.poll() is None and time.monotonic() < deadline:
+            for jobid in _own_running_voxels_jobs(workdir):
+                if jobid not in deleted and len(deleted) < 2:
                     subprocess.run(["qdel", jobid], capture_output=True, check=True)
-                    deleted = jobid
+                    deleted.append(jobid)
             time.sleep(0.5)
-        out, _ = run.communicate(timeout=180)
-    assert deleted is not None, f"the voxels job never ran:\n{out[-4000:]}"
-    assert run.returncode != 0, out[-4000:]
-    assert "Error in group voxels" in out, out[-4000:]
-    assert f"external jobid '{deleted}'" in out, out[-4000:]
+        first_out, _ = run.communicate(timeout=60)
+    first = subprocess.CompletedProcess(cmd, run.returncode, first_out, "")
+    dry = run_snakemake(workdir, "--dry-run", *ARGS, profile="sge")
+    rerun = run_snakemake(workdir, *ARGS, profile="sge", timeout=240)
+    return workdir, deleted, first, dry, rerun
 
-    dry = run_snakemake(study, "--dry-run", *SGE_TEST_ARGS, profile="sge")
+
+def test_job_over_memory_is_retried_with_more(scenario):
+    """The first attempt of setup fails at its h_vmem; the second succeeds."""
+    workdir, _, first, _, _ = scenario
+    errors = [p.read_text() for p in (workdir / "logs" / "sge").glob("smk.setup.e*")]
+    assert len(errors) == 2, "expected two attempts of setup"
+    assert sum(any(e in text for e in MEMORY_ERRORS) for text in errors) == 1
+    out = first.stdout
+    assert "Error in rule setup" in out and "Trying to restart job" in out, tail(first)
+    assert re.search(r"Finished jobid: \d+ \(Rule: setup\)", out), tail(first)
+
+
+def test_deleted_job_is_reported_failed(scenario):
+    """A voxel-batch job deleted with qdel (both attempts) fails the run."""
+    _, deleted, first, _, _ = scenario
+    assert len(deleted) == 2, f"deleted {deleted}:\n{tail(first)}"
+    assert first.returncode != 0, tail(first)
+    assert first.stdout.count("Error in group voxels") == 2, tail(first)
+    for jobid in deleted:
+        assert f"external jobid '{jobid}'" in first.stdout, tail(first)
+
+
+def test_rerun_plans_only_missing_work(scenario):
+    """After the failure, the study, setup and image batches are not redone."""
+    _, _, _, dry, _ = scenario
     assert dry.returncode == 0, tail(dry)
     planned = set(re.findall(r"^\s*rule (\w+):", dry.stdout, flags=re.MULTILINE))
     assert planned >= {"concat", "estimate", "inference", "maps"}, tail(dry)
     assert not planned & {"simulate", "setup", "batch"}, tail(dry)
 
-    rerun = run_snakemake(study, *SGE_TEST_ARGS, profile="sge", timeout=180)
+
+def test_rerun_maps_equal_local_run(scenario, local_maps):
+    """The rerun completes the analysis; every map equals the local run's."""
+    workdir, _, _, _, rerun = scenario
     assert rerun.returncode == 0, tail(rerun)
-    assert_maps_equal(read_maps(study / "results" / "example"), local_maps)
+    assert_maps_equal(read_maps(workdir / "results" / "example"), local_maps)

@@ -1,9 +1,16 @@
 """The example study through profiles/slurm on a real one-node SLURM 22.05.
 
-Each test starts from a copy of the simulated example study and compares its maps with
-the local run's (`--cores 2`, no profile): the same code on the same batches must give
-the same bits, whatever ran it. Test-only overrides: SLURM_TEST_ARGS (2 CPUs, fast
-status checks).
+One scenario, in the order a user meets it, checked step by step (one run of each kind
+keeps the scheduler tests within a few minutes):
+
+1. a profile run in which setup's first attempt exceeds its memory (SLURM kills it and
+   the retry gets more) and the voxel-batch job is cancelled with scancel on both of its
+   attempts, so the run ends with that job failed;
+2. a dry run then plans only the missing work;
+3. the rerun completes it, and every map equals the local run's (`--cores 2`, no
+   profile) bit for bit: the same code on the same batches, whatever ran it.
+
+Test-only overrides: SLURM_TEST_ARGS (2 CPUs, fast status checks).
 """
 
 from __future__ import annotations
@@ -11,9 +18,11 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from cluster_helpers import (
+    EXAMPLE_ARGS,
     SLURM_TEST_ARGS,
     assert_maps_equal,
     copy_study,
@@ -26,91 +35,94 @@ from cluster_helpers import (
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 #: The first attempt of `setup` gets 100 MB, less than Snakemake and numpy take inside
-#: the job; SLURM kills it (OverMemoryKill) and the retry gets 2000 MB.
+#: the job; SLURM kills it (OverMemoryKill, see slurm.sh) and the retry gets 2000 MB.
 STARVED_SETUP = "setup:mem_mb=100 if attempt == 1 else 2000"
+ARGS = (*SLURM_TEST_ARGS, *EXAMPLE_ARGS)
 
 
-@pytest.fixture(scope="module")
-def starved_run(slurm, example_data, tmp_path_factory):
-    """One profile run in which setup's first attempt exceeds its memory."""
-    workdir = tmp_path_factory.mktemp("slurm_run")
-    copy_study(example_data, workdir)
-    result = run_snakemake(
-        workdir,
-        *SLURM_TEST_ARGS,
-        "--slurm-keep-successful-logs",
-        "--set-resources",
-        STARVED_SETUP,
-        profile="slurm",
-        timeout=300,
-    )
-    return workdir, result
-
-
-def test_profile_run_maps_equal_local_run(starved_run, local_maps):
-    """Every map of the SLURM run equals the local run's, bit for bit."""
-    workdir, result = starved_run
-    assert result.returncode == 0, tail(result)
-    assert_maps_equal(read_maps(workdir / "results" / "example"), local_maps)
-
-
-def test_job_over_memory_is_retried_with_more(starved_run):
-    """SLURM kills setup's first attempt for its memory; the second succeeds."""
-    workdir, result = starved_run
-    assert result.returncode == 0, tail(result)
-    logs = {
-        p: p.read_text() for p in (workdir / ".snakemake" / "slurm_logs").rglob("*.log")
-    }
-    killed = [p for p, text in logs.items() if "exceeded memory limit" in text]
-    assert killed, "no SLURM log shows a job killed for its memory"
-    assert all("rule_setup" in str(p) for p in killed)
-    out = result.stdout + result.stderr
-    assert re.search(r"Error in rule setup", out), tail(result)
-    assert "Trying to restart job" in out, tail(result)
-
-
-def _squeue(*fields: str) -> list[list[str]]:
-    """Return squeue's rows (all states) as lists of fields."""
+def _own_jobs(workdir: Path) -> list[tuple[str, str, str]]:
+    """Return (job id, state, comment) of the SLURM jobs working in workdir."""
     out = subprocess.run(
-        ["squeue", "-h", "--states=all", "-o", "|".join(fields)],
+        ["squeue", "-h", "--states=all", "-o", "%i|%T|%k|%Z"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
-    return [line.split("|") for line in out.splitlines() if line.strip()]
+    rows = [line.split("|") for line in out.splitlines() if line.count("|") == 3]
+    return [(i, state, k) for i, state, k, cwd in rows if cwd == str(workdir)]
 
 
-def test_cancelled_job_fails_and_rerun_completes_missing_work(slurm, study, local_maps):
-    """A scancel'ed voxel-batch job is a failed job; the rerun redoes only that part."""
-    known = {row[0] for row in _squeue("%i")}
-    cmd = ["timeout", "-k", "10", "240"]
-    cmd += snakemake_cmd(study, *SLURM_TEST_ARGS, "--retries", "0", profile="slurm")
+@pytest.fixture(scope="module")
+def scenario(slurm, example_data, tmp_path_factory):
+    """Run the scenario; return the workdir and the three runs' results."""
+    workdir = tmp_path_factory.mktemp("slurm")
+    copy_study(example_data, workdir)
+    cmd = ["timeout", "-k", "10", "400"]
+    cmd += snakemake_cmd(
+        workdir,
+        *ARGS,
+        "--retries",
+        "1",
+        "--slurm-keep-successful-logs",
+        "--set-resources",
+        STARVED_SETUP,
+        profile="slurm",
+    )
+    cancelled: list[str] = []
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as run:
-        cancelled = None
-        deadline = time.monotonic() + 180
-        while cancelled is None and time.monotonic() < deadline and run.poll() is None:
-            for jobid, state, comment in _squeue("%i", "%T", "%k"):
-                if jobid not in known and state == "RUNNING" and "voxels" in comment:
+        deadline = time.monotonic() + 380
+        while run.poll() is None and time.monotonic() < deadline:
+            for jobid, state, comment in _own_jobs(workdir):
+                wanted = state == "RUNNING" and "voxels" in comment
+                if wanted and jobid not in cancelled and len(cancelled) < 2:
                     subprocess.run(["scancel", jobid], check=True)
-                    cancelled = jobid
+                    cancelled.append(jobid)
             time.sleep(0.5)
-        out, _ = run.communicate(timeout=240)
-    assert cancelled is not None, f"the voxels job never ran:\n{out[-4000:]}"
-    assert run.returncode != 0, out[-4000:]
-    # The group job is reported as failed, with its SLURM log (show-failed-logs).
-    assert "Error in group voxels" in out, out[-4000:]
-    assert f"JOB {cancelled} ON" in out and "CANCELLED" in out, out[-4000:]
+        first_out, _ = run.communicate(timeout=60)
+    first = subprocess.CompletedProcess(cmd, run.returncode, first_out, "")
+    dry = run_snakemake(workdir, "--dry-run", *ARGS, profile="slurm")
+    rerun = run_snakemake(workdir, *ARGS, profile="slurm", timeout=300)
+    return workdir, cancelled, first, dry, rerun
 
-    # What is left: the voxel-batch chain and the maps; the study, setup and products
-    # stay.
-    dry = run_snakemake(study, "--dry-run", *SLURM_TEST_ARGS, profile="slurm")
+
+def test_job_over_memory_is_retried_with_more(scenario):
+    """SLURM kills setup's first attempt for its memory; the second succeeds."""
+    workdir, _, first, _, _ = scenario
+    logs = (workdir / ".snakemake" / "slurm_logs").rglob("*.log")
+    killed = [p for p in logs if "exceeded memory limit" in p.read_text()]
+    assert killed, "no SLURM log shows a job killed for its memory"
+    assert all("rule_setup" in str(p) for p in killed)
+    out = first.stdout
+    assert "Error in rule setup" in out and "Trying to restart job" in out, tail(first)
+    assert re.search(r"Finished jobid: \d+ \(Rule: setup\)", out), tail(first)
+
+
+def test_cancelled_job_is_reported_failed(scenario):
+    """A voxel-batch job cancelled with scancel (both attempts) fails the run."""
+    _, cancelled, first, _, _ = scenario
+    assert len(cancelled) == 2, f"cancelled {cancelled}:\n{tail(first)}"
+    assert first.returncode != 0, tail(first)
+    out = first.stdout
+    # The group job is reported as failed, with its SLURM log (show-failed-logs).
+    assert "Error in group voxels" in out, tail(first)
+    for jobid in cancelled:
+        assert f"JOB {jobid} ON" in out, tail(first)
+    assert "CANCELLED" in out, tail(first)
+
+
+def test_rerun_plans_only_missing_work(scenario):
+    """After the failure, the study, setup and image batches are not redone."""
+    _, _, _, dry, _ = scenario
     assert dry.returncode == 0, tail(dry)
     planned = set(re.findall(r"^\s*rule (\w+):", dry.stdout, flags=re.MULTILINE))
     assert planned >= {"concat", "estimate", "inference", "maps"}, tail(dry)
     assert not planned & {"simulate", "setup", "batch"}, tail(dry)
 
-    rerun = run_snakemake(study, *SLURM_TEST_ARGS, profile="slurm", timeout=240)
+
+def test_rerun_maps_equal_local_run(scenario, local_maps):
+    """The rerun completes the analysis; every map equals the local run's."""
+    workdir, _, _, _, rerun = scenario
     assert rerun.returncode == 0, tail(rerun)
-    assert_maps_equal(read_maps(study / "results" / "example"), local_maps)
+    assert_maps_equal(read_maps(workdir / "results" / "example"), local_maps)
