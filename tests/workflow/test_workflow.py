@@ -262,6 +262,7 @@ WORKFLOW_PYTHON = [
     "tests/unit/test_masks.py",
     "tests/unit/test_partition.py",
     "tests/unit/test_pipeline.py",
+    "tests/unit/test_simulate.py",
     "tests/workflow",
 ]
 
