@@ -55,7 +55,8 @@ from blmm_scripts.structure import Factor, Products, RandomEffects, build_Z  # n
 PYBLMM = HERE / ".venv-pyblmm" / "bin" / "python"
 
 #: Structures at realistic sizes: n = 1000 images, p = 4.  The crossed design uses
-#: the dense q x q path (O(q^3) per voxel and iteration), so it is run at q = 58.
+#: 200 images (50 subjects x 8 sites, q = 58) so that the dense q x q path of older
+#: engines (O(q^3) per voxel and iteration) stays measurable side by side.
 STRUCTURES = {
     "intercept": Preset("eng-intercept", 500, 2, (21, 21, 21), "intercept", partial_fraction=0.0,
                         note="1 factor, random intercept: 500 subjects x 2 visits"),
@@ -66,7 +67,8 @@ STRUCTURES = {
 }
 
 
-def flops_per_iteration(levels: tuple[int, ...], raneffs: tuple[int, ...], p: int) -> dict:
+def flops_per_iteration(levels: tuple[int, ...], raneffs: tuple[int, ...], p: int,
+                        bordered: bool = False) -> dict:
     """Dominant flops (2 per multiply-add) of one pSFS REML iteration at one voxel.
 
     One iteration = profile at the current D + Curvature and scoring step + profile at
@@ -81,6 +83,9 @@ def flops_per_iteration(levels: tuple[int, ...], raneffs: tuple[int, ...], p: in
                  + 6 l q0^4 (three Σ_j R_j ⊗ R_j terms) + 2 l q0^2 p^2 (Σ_j F_j ⊗ F_j)
                  + 2 l q0 p + 4 l q0^2 (s, Σ s s') + 2 q0^2 p^3 + 2 q0^4 p^2
       iteration = 2 P + C
+    Several factors, bordered layout (RandomEffects.bordered: the first factor's
+    blocks plus a dense border of width s = Σ_{k>1} l_k q_k, m = s + p): see the
+    terms in the code below, dominated by 6 l q0^2 m^2 + 6 l q0 s^2.
     Several factors, q = Σ l_k q_k (dense layout):
       profile  P = 4 q^3 (Λ Z'Z Λ) + q^3/3 (Cholesky) + 2 q^3 (inv of the factor)
                  + 2 q^3 (L^-T L^-1) + 4 q^3 (Λ M^-1 Λ) + 2 q^2 p + 2 q p^2 + 2 q^2
@@ -94,6 +99,21 @@ def flops_per_iteration(levels: tuple[int, ...], raneffs: tuple[int, ...], p: in
         C = (4 * l * q0**3 + 4 * l * q0**2 * p + 2 * l * q0 * p**2 + 6 * l * q0**4
              + 2 * l * q0**2 * p**2 + 2 * l * q0 * p + 4 * l * q0**2 + 2 * q0**2 * p**3 + 2 * q0**4 * p**2)
         formula = "2P + C, P = 8 l q0^3 + 2 l q0^2 p + 2 l q0 p^2 + ..., C = 6 l q0^4 + 4 l q0^3 + 2 l q0^2 p^2 + ..."
+    elif bordered:
+        # First factor's l q0 x q0 blocks plus a dense border of s columns (factors
+        # 2..r): likelihood._BorderedCurvature, _linalg._woodbury_bordered.
+        l, q0 = levels[0], raneffs[0]
+        s = sum(lk * qk for lk, qk in zip(levels[1:], raneffs[1:]))
+        w, m = l * q0, s + p
+        wood = 4 * l * q0**4 + 6 * l * q0**2 * s + 4 * w * s**2 + 5 * s**3
+        P = wood + (2 * l * q0**2 + 4 * w * s) * (p + 1) + 2 * (w + s) * (p**2 + p + 1)
+        C = (4 * l * q0**3 + 4 * l * q0**2 * s + 6 * w * s**2
+             + 2 * (2 * (w + s) * m**2 + 2 * w * m * s)  # W Q, R0s, Rss for both kinds
+             + 6 * l * q0**2 * m**2  # Σ_j W_j Q W_j', C_j, S (level sums of the low-rank part)
+             + 6 * l * q0**4 + 2 * q0**2 * m**3 + 2 * q0**4 * m**2
+             + sum(2 * lk**2 * qk**4 for lk, qk in zip(levels[1:], raneffs[1:])))
+        formula = ("bordered: 2P + C, P = 4 l q0^4 + 6 l q0^2 s + 4 l q0 s^2 + 5 s^3 + (2 l q0^2 + 4 l q0 s)(p+1) + ..., "
+                   "C = 6 l q0^2 m^2 + 6 l q0 s^2 + 4 (l q0 + s) m^2 + ..., m = s + p, s = border width")
     else:
         q = sum(lk * qk for lk, qk in zip(levels, raneffs))
         P = (4 + 1 / 3 + 2 + 2 + 4) * q**3 + 2 * q**2 * p + 2 * q * p**2 + 2 * q**2
@@ -138,6 +158,7 @@ def our_engine(Y, X, factors) -> dict:
     nit = fitted.nit
     return {
         "n_voxels": v, "q": re.q, "levels": list(re.n_levels), "raneffs": list(re.n_raneffs),
+        "bordered": bool(getattr(re, "bordered", False)),
         "products_s": products_s,
         "fit_wall_s": fit_wall, "fit_cpu_s": fit_cpu, "infer_wall_s": inf_wall, "infer_cpu_s": inf_cpu,
         "nit_mean": float(nit.mean()), "nit_median": float(np.median(nit)), "nit_max": int(nit.max()),
@@ -182,7 +203,7 @@ def main() -> None:
         files = write_study(preset, work / name / "study")
         Y, X, factors, read_s = load_study(files)
         ours = our_engine(Y, X, factors)
-        fl = flops_per_iteration(tuple(ours["levels"]), tuple(ours["raneffs"]), X.shape[1])
+        fl = flops_per_iteration(tuple(ours["levels"]), tuple(ours["raneffs"]), X.shape[1], ours["bordered"])
         v = ours["n_voxels"]
         row = {
             "preset": preset.note, "n_images": Y.shape[0], "p": X.shape[1], "read_images_s": read_s,

@@ -12,11 +12,11 @@ PRESET is one of small, crossed, large, ukb (studies.PRESETS).  Steps:
    timing it; per-stage wall and CPU time and max RSS come from the Snakemake
    benchmark TSV files when the rules write them, otherwise from the job start and
    finish times in the Snakemake log plus a process-tree sampler (RSS per job, every
-   0.1 s);
+   0.25 s);
 4. run pyblmm's console script ``blmm <cfg>`` (clusterType local, numNodes 1,
    voxelBatching 1) in benchmarks/.venv-pyblmm, or, where a full run would take too
-   long (large: > ~10 min), its stages in one process on a voxel subsample, with the
-   results stage extrapolated to all voxels; skipped with a note for ukb;
+   long (large, ukb: > ~10 min), its stages in one process on a voxel subsample (every
+   10th / 20th voxel), with the results stage extrapolated to all voxels;
 5. an lme4/lmerTest loop (lme4_loop.R) over 20 sampled voxels (some with missing
    images), and the agreement of our maps (log-likelihood, beta, Satterthwaite df)
    with lme4 there, and of our maps with pyblmm's (beta, llh) at every voxel;
@@ -62,7 +62,7 @@ class TreeSampler:
     command) and the peak of the summed tree.
     """
 
-    def __init__(self, pid: int, period: float = 0.1) -> None:
+    def __init__(self, pid: int, period: float = 0.25) -> None:
         import psutil
 
         self.psutil = psutil
@@ -182,7 +182,12 @@ def read_images_once(files: StudyFiles) -> dict:
 
 # ---------------------------------------------------------------- our workflow
 def snakemake_stages(run_dir: Path) -> dict:
-    """Per-rule timings: benchmark TSVs if the rules write them, else the Snakemake log."""
+    """Per-rule timings from the rules' benchmark TSVs (where they write them) and the log.
+
+    ``stages_tsv``: Snakemake's benchmark files (wall, CPU, max RSS per job);
+    ``stages_log``: job start/finish in the Snakemake log (1 s resolution).  The
+    process sampler in run_timed adds ``jobs_sampled`` for every rule.
+    """
     tsvs = [p for p in run_dir.rglob("*.tsv") if "benchmarks" in p.parts]
     if tsvs:
         stages: dict[str, dict] = {}
@@ -204,10 +209,12 @@ def snakemake_stages(run_dir: Path) -> dict:
                 st["wall_s"] += num("s")
                 st["cpu_s"] += num("cpu_time")
                 st["max_rss_mb"] = max(st["max_rss_mb"], num("max_rss"))
-        return {"source": "snakemake benchmark TSV files", "stages": stages}
+        out = {"stages_tsv": stages}
+    else:
+        out = {"stages_tsv": {}}
     logs = sorted((run_dir / ".snakemake" / "log").glob("*.snakemake.log"))
     if not logs:
-        return {"source": "none", "stages": {}}
+        return out | {"stages_log": {}}
     stamp = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]")
     now, rule, starts, stages = None, None, {}, {}
     for line in logs[-1].read_text().splitlines():
@@ -233,8 +240,38 @@ def snakemake_stages(run_dir: Path) -> dict:
             st["first_start"] = min(st["first_start"], t0)
     for st in stages.values():
         st["span_s"] = st.pop("last_end") - st.pop("first_start")
-    return {"source": "Snakemake log (1 s resolution; the rules write no benchmark files)",
-            "stages": stages}
+    return out | {"stages_log": stages}
+
+
+def extrapolate_timeout(run_dir: Path, res: dict, cores: int) -> dict:
+    """Projected wall time of a run ended by --timeout.
+
+    Jobs per rule from the log's "Job stats"; each unfinished job is charged the mean
+    wall time of the finished jobs of its rule (sampled), spread over `cores`.
+    """
+    logs = sorted((run_dir / ".snakemake" / "log").glob("*.snakemake.log"))
+    text = logs[-1].read_text() if logs else ""
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:", 1)[-1].split("Select jobs", 1)[0],
+                              re.M))
+    done = res.get("stages_log", {})
+    sampled = res.get("jobs_sampled", {})
+    remaining_s, detail = 0.0, {}
+    for rule, count in planned.items():
+        if rule in ("total", "all"):
+            continue
+        n_done = done.get(rule, {}).get("jobs", 0)
+        left = int(count) - n_done
+        if left <= 0:
+            continue
+        st = sampled.get(rule)
+        mean = st["wall_s"] / st["jobs"] if st and st["jobs"] else None
+        if mean is None:  # no job of this rule finished: charge the estimate stage's mean
+            st = sampled.get("estimate") or {"wall_s": 0.0, "jobs": 1}
+            mean = st["wall_s"] / max(st["jobs"], 1)
+        detail[rule] = {"planned": int(count), "finished": n_done, "mean_job_wall_s": mean}
+        remaining_s += left * mean / cores
+    return {"wall_s_projected": res["wall_s"] + remaining_s, "remaining_jobs": detail,
+            "method": "unfinished jobs x mean wall of the rule's finished jobs / cores"}
 
 
 def run_workflow(files: StudyFiles, work: Path, cores: int, timeout: float | None = None) -> dict:
@@ -246,9 +283,14 @@ def run_workflow(files: StudyFiles, work: Path, cores: int, timeout: float | Non
            "--snakefile", str(REPO / "Snakefile")]
     res = run_timed(cmd, cwd=REPO, log=work / "ours.log", timeout=timeout)
     res |= snakemake_stages(run_dir)
+    # Per stage: the benchmark TSV where the rule writes one, else the sampler.
+    res["stages"] = {k: v | {"source": "sampler"} for k, v in res.get("jobs_sampled", {}).items()}
+    res["stages"] |= {k: v | {"source": "benchmark tsv"} for k, v in res["stages_tsv"].items()}
     jobs = {k: v for k, v in res.get("peak_rss_mb_by_process", {}).items() if k.startswith("job:")}
     res["peak_rss_mb_any_job_sampled"] = max(jobs.values(), default=None)
     res["maps"] = str(run_dir / "results")
+    if res["timed_out"]:
+        res["timeout_extrapolation"] = extrapolate_timeout(run_dir, res, cores)
     return res
 
 
@@ -416,6 +458,8 @@ def main() -> None:
     ap.add_argument("--no-pyblmm", action="store_true")
     ap.add_argument("--no-lme4", action="store_true")
     ap.add_argument("--timeout", type=float, default=None, help="end the workflow run after this many s")
+    ap.add_argument("--pyblmm-only", action="store_true",
+                    help="rerun only pyblmm, reusing this workflow's and lme4's results in results/PRESET.json")
     ap.add_argument("--pyblmm-full", action="store_true", help="full pyblmm run even where it is long")
     args = ap.parse_args()
     preset = PRESETS[args.preset]
@@ -434,26 +478,38 @@ def main() -> None:
     print(f"[{preset.name}] study: {files.n_images} images, {files.n_voxels} voxels", flush=True)
     result["read_once_nibabel"] = read_images_once(files)
 
-    ours = run_workflow(files, work, args.cores, args.timeout)
+    previous = HERE / "results" / f"{preset.name}.json"
+    if args.pyblmm_only and previous.exists():
+        old = json.loads(previous.read_text())
+        for key in ("ours", "lme4", "lme4_values", "agreement_ours_lme4", "read_once_nibabel", "machine", "peak"):
+            if key in old:
+                result[key] = old[key]
+        result["pyblmm_rerun_date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        ours = result["ours"]
+        if ours.get("timed_out") and "timeout_extrapolation" not in ours:
+            ours["timeout_extrapolation"] = extrapolate_timeout(work / "ours", ours, args.cores)
+    else:
+        ours = run_workflow(files, work, args.cores, args.timeout)
     result["ours"] = ours
     if ours["returncode"] == 0:
         ours["voxels_per_s"] = files.n_voxels / ours["wall_s"]
         ours["voxels_per_s_per_core"] = ours["voxels_per_s"] / args.cores
     print(f"[{preset.name}] ours: rc {ours['returncode']}, {ours['wall_s']:.1f} s", flush=True)
+    if args.pyblmm_only:
+        args.no_lme4 = True
 
     pb: dict = {"skipped": True}
     if args.no_pyblmm or not (PYBLMM_BIN / "blmm").exists():
         pb["note"] = "not run (--no-pyblmm or benchmarks/.venv-pyblmm missing: bash benchmarks/setup_pyblmm.sh)"
-    elif preset.name == "ukb" and not args.pyblmm_full:
-        pb["note"] = ("skipped: would take hours (one-factor results stage ~O(l) per voxel and iteration "
-                      "with l = 12,500 levels; see large.json for the measured rate)")
-    elif preset.name == "large" and not args.pyblmm_full:
-        pb = run_pyblmm_subsample(files, work, fraction=0.1)
+    elif preset.name in ("large", "ukb") and not args.pyblmm_full:
+        pb = run_pyblmm_subsample(files, work, fraction=0.1 if preset.name == "large" else 0.05)
         pb["note"] = "a full run would exceed the 10-minute limit per run on this shared machine"
     else:
         pb = run_pyblmm(files, work)
     result["pyblmm"] = pb
     pb_wall = pb.get("wall_s_extrapolated", pb.get("wall_s") if pb.get("returncode") == 0 else None)
+    if pb_wall and ours.get("timed_out"):
+        result["speedup_end_to_end_projected"] = pb_wall / ours["timeout_extrapolation"]["wall_s_projected"]
     if pb_wall and ours["returncode"] == 0:
         result["speedup_end_to_end"] = pb_wall / ours["wall_s"]
         pb["voxels_per_s"] = files.n_voxels / pb_wall
@@ -461,7 +517,9 @@ def main() -> None:
     print(f"[{preset.name}] pyblmm: {pb_wall}", flush=True)
 
     voxels = sample_voxels(files, preset, N_LME4_VOXELS)
-    if not args.no_lme4 and shutil.which("Rscript"):
+    if args.pyblmm_only:
+        pass
+    elif not args.no_lme4 and shutil.which("Rscript"):
         lm = run_lme4(files, preset, work, voxels)
         result["lme4"] = {k: v for k, v in lm.items() if k != "table"}
         if "table" in lm:
