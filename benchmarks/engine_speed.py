@@ -25,8 +25,14 @@ from __future__ import annotations
 import os
 
 # Pin BLAS/OpenMP to one thread before numpy is imported (reported in the JSON).
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-               "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 for _v in THREAD_VARS:
     os.environ[_v] = "1"
 
@@ -44,13 +50,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from machine import machine_info, measure_peak  # noqa: E402
-from studies import CONTRASTS, Preset, write_study  # noqa: E402
-
 from blmm_scripts.estimation import fit  # noqa: E402
 from blmm_scripts.inference import infer  # noqa: E402
 from blmm_scripts.products import design_products  # noqa: E402
 from blmm_scripts.structure import Factor, Products, RandomEffects, build_Z  # noqa: E402
+
+from machine import machine_info, measure_peak  # noqa: E402
+from studies import CONTRASTS, Preset, write_study  # noqa: E402
 
 PYBLMM = HERE / ".venv-pyblmm" / "bin" / "python"
 
@@ -58,17 +64,40 @@ PYBLMM = HERE / ".venv-pyblmm" / "bin" / "python"
 #: 200 images (50 subjects x 8 sites, q = 58) so that the dense q x q path of older
 #: engines (O(q^3) per voxel and iteration) stays measurable side by side.
 STRUCTURES = {
-    "intercept": Preset("eng-intercept", 500, 2, (21, 21, 21), "intercept", partial_fraction=0.0,
-                        note="1 factor, random intercept: 500 subjects x 2 visits"),
-    "slope": Preset("eng-slope", 250, 4, (21, 21, 21), "slope", partial_fraction=0.0,
-                    note="1 factor, random intercept + slope: 250 subjects x 4 visits"),
-    "crossed": Preset("eng-crossed", 50, 4, (21, 21, 21), "crossed", n_sites=8, partial_fraction=0.0,
-                      note="2 crossed factors, random intercepts: 50 subjects x 8 sites, 200 images"),
+    "intercept": Preset(
+        "eng-intercept",
+        500,
+        2,
+        (21, 21, 21),
+        "intercept",
+        partial_fraction=0.0,
+        note="1 factor, random intercept: 500 subjects x 2 visits",
+    ),
+    "slope": Preset(
+        "eng-slope",
+        250,
+        4,
+        (21, 21, 21),
+        "slope",
+        partial_fraction=0.0,
+        note="1 factor, random intercept + slope: 250 subjects x 4 visits",
+    ),
+    "crossed": Preset(
+        "eng-crossed",
+        50,
+        4,
+        (21, 21, 21),
+        "crossed",
+        n_sites=8,
+        partial_fraction=0.0,
+        note="2 crossed factors, random intercepts: 50 subjects x 8 sites, 200 images",
+    ),
 }
 
 
-def flops_per_iteration(levels: tuple[int, ...], raneffs: tuple[int, ...], p: int,
-                        bordered: bool = False) -> dict:
+def flops_per_iteration(
+    levels: tuple[int, ...], raneffs: tuple[int, ...], p: int, bordered: bool = False
+) -> dict:
     """Dominant flops (2 per multiply-add) of one pSFS REML iteration at one voxel.
 
     One iteration = profile at the current D + Curvature and scoring step + profile at
@@ -93,33 +122,73 @@ def flops_per_iteration(levels: tuple[int, ...], raneffs: tuple[int, ...], p: in
       iteration = 2 P + C  ≈ 28.7 q^3
     """
     if len(levels) == 1:
-        l, q0 = levels[0], raneffs[0]
-        wood = 8 * l * q0**3 if q0 > 1 else 4 * l
-        P = wood + 2 * l * q0**2 * p + 2 * l * q0 * p**2 + 2 * l * q0**2 + 2 * l * q0 * p + 2 * l * q0
-        C = (4 * l * q0**3 + 4 * l * q0**2 * p + 2 * l * q0 * p**2 + 6 * l * q0**4
-             + 2 * l * q0**2 * p**2 + 2 * l * q0 * p + 4 * l * q0**2 + 2 * q0**2 * p**3 + 2 * q0**4 * p**2)
-        formula = "2P + C, P = 8 l q0^3 + 2 l q0^2 p + 2 l q0 p^2 + ..., C = 6 l q0^4 + 4 l q0^3 + 2 l q0^2 p^2 + ..."
+        nl, q0 = levels[0], raneffs[0]
+        wood = 8 * nl * q0**3 if q0 > 1 else 4 * nl
+        P = (
+            wood
+            + 2 * nl * q0**2 * p
+            + 2 * nl * q0 * p**2
+            + 2 * nl * q0**2
+            + 2 * nl * q0 * p
+            + 2 * nl * q0
+        )
+        C = (
+            4 * nl * q0**3
+            + 4 * nl * q0**2 * p
+            + 2 * nl * q0 * p**2
+            + 6 * nl * q0**4
+            + 2 * nl * q0**2 * p**2
+            + 2 * nl * q0 * p
+            + 4 * nl * q0**2
+            + 2 * q0**2 * p**3
+            + 2 * q0**4 * p**2
+        )
+        formula = "2P + C, P = 8 nl q0^3 + 2 nl q0^2 p + 2 nl q0 p^2 + ..., C = 6 nl q0^4 + 4 nl q0^3 + 2 nl q0^2 p^2 + ..."
     elif bordered:
-        # First factor's l q0 x q0 blocks plus a dense border of s columns (factors
+        # First factor's nl q0 x q0 blocks plus a dense border of s columns (factors
         # 2..r): likelihood._BorderedCurvature, _linalg._woodbury_bordered.
-        l, q0 = levels[0], raneffs[0]
-        s = sum(lk * qk for lk, qk in zip(levels[1:], raneffs[1:]))
-        w, m = l * q0, s + p
-        wood = 4 * l * q0**4 + 6 * l * q0**2 * s + 4 * w * s**2 + 5 * s**3
-        P = wood + (2 * l * q0**2 + 4 * w * s) * (p + 1) + 2 * (w + s) * (p**2 + p + 1)
-        C = (4 * l * q0**3 + 4 * l * q0**2 * s + 6 * w * s**2
-             + 2 * (2 * (w + s) * m**2 + 2 * w * m * s)  # W Q, R0s, Rss for both kinds
-             + 6 * l * q0**2 * m**2  # Σ_j W_j Q W_j', C_j, S (level sums of the low-rank part)
-             + 6 * l * q0**4 + 2 * q0**2 * m**3 + 2 * q0**4 * m**2
-             + sum(2 * lk**2 * qk**4 for lk, qk in zip(levels[1:], raneffs[1:])))
-        formula = ("bordered: 2P + C, P = 4 l q0^4 + 6 l q0^2 s + 4 l q0 s^2 + 5 s^3 + (2 l q0^2 + 4 l q0 s)(p+1) + ..., "
-                   "C = 6 l q0^2 m^2 + 6 l q0 s^2 + 4 (l q0 + s) m^2 + ..., m = s + p, s = border width")
+        nl, q0 = levels[0], raneffs[0]
+        s = sum(lk * qk for lk, qk in zip(levels[1:], raneffs[1:], strict=False))
+        w, m = nl * q0, s + p
+        wood = 4 * nl * q0**4 + 6 * nl * q0**2 * s + 4 * w * s**2 + 5 * s**3
+        P = wood + (2 * nl * q0**2 + 4 * w * s) * (p + 1) + 2 * (w + s) * (p**2 + p + 1)
+        C = (
+            4 * nl * q0**3
+            + 4 * nl * q0**2 * s
+            + 6 * w * s**2
+            + 2 * (2 * (w + s) * m**2 + 2 * w * m * s)  # W Q, R0s, Rss for both kinds
+            + 6
+            * nl
+            * q0**2
+            * m**2  # Σ_j W_j Q W_j', C_j, S (level sums of the low-rank part)
+            + 6 * nl * q0**4
+            + 2 * q0**2 * m**3
+            + 2 * q0**4 * m**2
+            + sum(
+                2 * lk**2 * qk**4
+                for lk, qk in zip(levels[1:], raneffs[1:], strict=False)
+            )
+        )
+        formula = (
+            "bordered: 2P + C, P = 4 nl q0^4 + 6 nl q0^2 s + 4 nl q0 s^2 + 5 s^3 + (2 nl q0^2 + 4 nl q0 s)(p+1) + ..., "
+            "C = 6 nl q0^2 m^2 + 6 nl q0 s^2 + 4 (nl q0 + s) m^2 + ..., m = s + p, s = border width"
+        )
     else:
-        q = sum(lk * qk for lk, qk in zip(levels, raneffs))
+        q = sum(lk * qk for lk, qk in zip(levels, raneffs, strict=False))
         P = (4 + 1 / 3 + 2 + 2 + 4) * q**3 + 2 * q**2 * p + 2 * q * p**2 + 2 * q**2
-        C = 4 * q**3 + 2 * q**2 * p + 2 * q * p**2 + sum(2 * lk**2 * qk**4 for lk, qk in zip(levels, raneffs))
+        C = (
+            4 * q**3
+            + 2 * q**2 * p
+            + 2 * q * p**2
+            + sum(2 * lk**2 * qk**4 for lk, qk in zip(levels, raneffs, strict=False))
+        )
         formula = "2P + C ≈ 28.7 q^3 (dense q x q Woodbury, Cholesky, inverse)"
-    return {"profile": float(P), "step": float(C), "iteration": float(2 * P + C), "formula": formula}
+    return {
+        "profile": float(P),
+        "step": float(C),
+        "iteration": float(2 * P + C),
+        "formula": formula,
+    }
 
 
 def load_study(files) -> tuple:
@@ -147,7 +216,15 @@ def our_engine(Y, X, factors) -> dict:
     XtX, ZtX, ZtZ = design_products(X, factors)
     Z = build_Z(factors)
     v = Y.shape[1]
-    pr = Products(XtX, ZtX, ZtZ, Y.T @ X, Y.T @ Z, np.einsum("iv,iv->v", Y, Y), np.full(v, float(Y.shape[0])))
+    pr = Products(
+        XtX,
+        ZtX,
+        ZtZ,
+        Y.T @ X,
+        Y.T @ Z,
+        np.einsum("iv,iv->v", Y, Y),
+        np.full(v, float(Y.shape[0])),
+    )
     products_s = time.perf_counter() - t0
     w, c = time.perf_counter(), time.process_time()
     fitted = fit(pr, re, method="pSFS", reml=True)
@@ -157,14 +234,25 @@ def our_engine(Y, X, factors) -> dict:
     inf_wall, inf_cpu = time.perf_counter() - w, time.process_time() - c
     nit = fitted.nit
     return {
-        "n_voxels": v, "q": re.q, "levels": list(re.n_levels), "raneffs": list(re.n_raneffs),
+        "n_voxels": v,
+        "q": re.q,
+        "levels": list(re.n_levels),
+        "raneffs": list(re.n_raneffs),
         "bordered": bool(getattr(re, "bordered", False)),
         "products_s": products_s,
-        "fit_wall_s": fit_wall, "fit_cpu_s": fit_cpu, "infer_wall_s": inf_wall, "infer_cpu_s": inf_cpu,
-        "nit_mean": float(nit.mean()), "nit_median": float(np.median(nit)), "nit_max": int(nit.max()),
+        "fit_wall_s": fit_wall,
+        "fit_cpu_s": fit_cpu,
+        "infer_wall_s": inf_wall,
+        "infer_cpu_s": inf_cpu,
+        "nit_mean": float(nit.mean()),
+        "nit_median": float(np.median(nit)),
+        "nit_max": int(nit.max()),
         "voxel_iterations": int(nit.sum()),
-        "status": {str(s): int((fitted.status == s).sum()) for s in np.unique(fitted.status)},
-        "beta_mean": fitted.beta.mean(0).tolist(), "llh": fitted.llh,
+        "status": {
+            str(s): int((fitted.status == s).sum()) for s in np.unique(fitted.status)
+        },
+        "beta_mean": fitted.beta.mean(0).tolist(),
+        "llh": fitted.llh,
         "beta": fitted.beta,
     }
 
@@ -173,11 +261,17 @@ def pyblmm_stages(files, workdir: Path) -> dict:
     """Run pyblmm's stages in one process on the study; return its timings."""
     from studies import blmm_config, write_config
 
-    cfg = write_config(blmm_config(files, workdir / "pyblmm_out", pyblmm=True), workdir / "pyblmm.yml")
+    cfg = write_config(
+        blmm_config(files, workdir / "pyblmm_out", pyblmm=True), workdir / "pyblmm.yml"
+    )
     env = os.environ.copy()
     w = time.perf_counter()
-    proc = subprocess.run([str(PYBLMM), str(HERE / "pyblmm_stages.py"), str(cfg)], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(PYBLMM), str(HERE / "pyblmm_stages.py"), str(cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - w
     if proc.returncode:
         return {"error": proc.stderr[-2000:], "wall_s": wall}
@@ -194,19 +288,30 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "engine_speed.json"))
     args = ap.parse_args()
     work = Path(args.work)
-    result = {"machine": machine_info(), "peak": measure_peak(),
-              "threads": {v: os.environ[v] for v in THREAD_VARS}, "structures": {}}
-    print(f"1-core dgemm peak {result['peak']['dgemm_gflops']:.1f} GFLOP/s, "
-          f"stream {result['peak']['stream_gbs']:.1f} GB/s")
+    result = {
+        "machine": machine_info(),
+        "peak": measure_peak(),
+        "threads": {v: os.environ[v] for v in THREAD_VARS},
+        "structures": {},
+    }
+    print(
+        f"1-core dgemm peak {result['peak']['dgemm_gflops']:.1f} GFLOP/s, "
+        f"stream {result['peak']['stream_gbs']:.1f} GB/s"
+    )
     for name in args.structures:
         preset = STRUCTURES[name]
         files = write_study(preset, work / name / "study")
         Y, X, factors, read_s = load_study(files)
         ours = our_engine(Y, X, factors)
-        fl = flops_per_iteration(tuple(ours["levels"]), tuple(ours["raneffs"]), X.shape[1], ours["bordered"])
+        fl = flops_per_iteration(
+            tuple(ours["levels"]), tuple(ours["raneffs"]), X.shape[1], ours["bordered"]
+        )
         v = ours["n_voxels"]
         row = {
-            "preset": preset.note, "n_images": Y.shape[0], "p": X.shape[1], "read_images_s": read_s,
+            "preset": preset.note,
+            "n_images": Y.shape[0],
+            "p": X.shape[1],
+            "read_images_s": read_s,
             "ours": {k: val for k, val in ours.items() if k not in ("llh", "beta")},
             "flops_per_voxel_iteration": fl,
         }
@@ -222,12 +327,21 @@ def main() -> None:
                 res = pb["stages"]["results"]
                 pb["results_voxels_per_s_per_core"] = v / res["wall_s"]
                 pb["results_voxels_per_cpu_s"] = v / res["cpu_s"]
-                row["speedup_wall"] = o["fit_infer_voxels_per_s_per_core"] / pb["results_voxels_per_s_per_core"]
-                row["speedup_cpu"] = o["fit_infer_voxels_per_cpu_s"] / pb["results_voxels_per_cpu_s"]
+                row["speedup_wall"] = (
+                    o["fit_infer_voxels_per_s_per_core"]
+                    / pb["results_voxels_per_s_per_core"]
+                )
+                row["speedup_cpu"] = (
+                    o["fit_infer_voxels_per_cpu_s"] / pb["results_voxels_per_cpu_s"]
+                )
                 out_dir = work / name / "pyblmm_out"
                 pmask = np.asarray(nib.load(files.analysis_mask).dataobj) > 0
-                pbeta = np.asarray(nib.load(out_dir / "blmm_vox_beta.nii").dataobj)[pmask]
-                pllh = np.asarray(nib.load(out_dir / "blmm_vox_llh.nii").dataobj).reshape(pmask.shape)[pmask]
+                pbeta = np.asarray(nib.load(out_dir / "blmm_vox_beta.nii").dataobj)[
+                    pmask
+                ]
+                pllh = np.asarray(
+                    nib.load(out_dir / "blmm_vox_llh.nii").dataobj
+                ).reshape(pmask.shape)[pmask]
                 row["agreement_pyblmm"] = {
                     "max_abs_beta_diff": float(np.nanmax(np.abs(pbeta - ours["beta"]))),
                     "llh_ours_minus_pyblmm_max": float(np.nanmax(ours["llh"] - pllh)),
@@ -235,12 +349,27 @@ def main() -> None:
                     "note": "pyblmm writes maps in the images' dtype (float32)",
                 }
         result["structures"][name] = row
-        print(json.dumps({name: {
-            "voxels": v, "nit_mean": o["nit_mean"], "fit_s": round(o["fit_wall_s"], 2),
-            "infer_s": round(o["infer_wall_s"], 2), "vox/s/core": round(o["fit_infer_voxels_per_s_per_core"]),
-            "flops/vox/it": fl["iteration"], "GFLOP/s": round(o["fit_gflops"], 3),
-            "pyblmm results s": row.get("pyblmm", {}).get("stages", {}).get("results", {}).get("wall_s"),
-            "speedup_cpu": row.get("speedup_cpu")}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    name: {
+                        "voxels": v,
+                        "nit_mean": o["nit_mean"],
+                        "fit_s": round(o["fit_wall_s"], 2),
+                        "infer_s": round(o["infer_wall_s"], 2),
+                        "vox/s/core": round(o["fit_infer_voxels_per_s_per_core"]),
+                        "flops/vox/it": fl["iteration"],
+                        "GFLOP/s": round(o["fit_gflops"], 3),
+                        "pyblmm results s": row.get("pyblmm", {})
+                        .get("stages", {})
+                        .get("results", {})
+                        .get("wall_s"),
+                        "speedup_cpu": row.get("speedup_cpu"),
+                    }
+                }
+            ),
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, default=float))
 

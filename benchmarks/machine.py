@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _cmd(*args: str) -> str:
     try:
-        return subprocess.run(args, capture_output=True, text=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            args, capture_output=True, text=True, timeout=30
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -34,8 +36,12 @@ def machine_info() -> dict:
     import nibabel
     import scipy
 
-    versions = {"python": platform.python_version(), "numpy": np.__version__,
-                "scipy": scipy.__version__, "nibabel": nibabel.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "nibabel": nibabel.__version__,
+    }
     try:
         import snakemake
 
@@ -46,17 +52,34 @@ def machine_info() -> dict:
     try:
         cfg = np.show_config(mode="dicts")
         blas = f"{cfg['Build Dependencies']['blas']['name']} {cfg['Build Dependencies']['blas']['version']}"
-    except Exception:  # noqa: BLE001  (numpy < 1.26 has no mode=)
+    except Exception:
         pass
     versions["blas"] = blas
-    r = _cmd("Rscript", "-e", "cat(R.version.string, 'lme4', format(packageVersion('lme4')), "
-             "'lmerTest', format(packageVersion('lmerTest')))")
+    r = _cmd(
+        "Rscript",
+        "-e",
+        "cat(R.version.string, 'lme4', format(packageVersion('lme4')), "
+        "'lmerTest', format(packageVersion('lmerTest')))",
+    )
     if r:
         versions["R"] = r
-    dirty = _cmd("git", "-C", str(REPO), "status", "--porcelain", "--", "blmm_scripts", "rules", "Snakefile")
+    dirty = _cmd(
+        "git",
+        "-C",
+        str(REPO),
+        "status",
+        "--porcelain",
+        "--",
+        "blmm_scripts",
+        "rules",
+        "Snakefile",
+    )
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
-        "os": platform.platform(), "versions": versions,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "os": platform.platform(),
+        "versions": versions,
         "git_commit": _cmd("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
         "git_dirty_engine_or_workflow": bool(dirty),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -85,6 +108,9 @@ def measure_peak(n: int = 2000, repeats: int = 3) -> dict:
         t = time.perf_counter()
         np.add(x, z, out=y)
         bw = min(bw, time.perf_counter() - t)
-    return {"dgemm_n": n, "dgemm_gflops": 2 * n**3 / best / 1e9,
-            "stream_gbs": 3 * x.nbytes / bw / 1e9,
-            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset")}
+    return {
+        "dgemm_n": n,
+        "dgemm_gflops": 2 * n**3 / best / 1e9,
+        "stream_gbs": 3 * x.nbytes / bw / 1e9,
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+    }

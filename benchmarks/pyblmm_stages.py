@@ -13,13 +13,12 @@ OMP_NUM_THREADS=1 (and friends) in the environment to pin BLAS to one thread.
 """
 
 import json
-import os
 import resource
 import sys
 import time
+from pathlib import Path
 
 import yaml
-
 from blmm.lib.blmm_batch import batch
 from blmm.lib.blmm_cleanup import cleanup
 from blmm.lib.blmm_concat import concat
@@ -28,7 +27,7 @@ from blmm.lib.blmm_setup import setup
 
 
 def main(config: str) -> None:
-    config = os.path.abspath(config)
+    config = str(Path(config).resolve())
     times = {}
 
     def timed(stage, fn, *args):
@@ -42,19 +41,28 @@ def main(config: str) -> None:
 
     start = time.perf_counter()
     nb = timed("setup", setup, config)
-    with open(config) as f:
+    with Path(config).open() as f:
         outdir = yaml.safe_load(f)["outdir"]
     for b in range(1, nb + 1):
         timed("batch", batch, b, config)
     timed("concat", concat, config)
-    with open(os.path.join(outdir, "nvb.txt")) as f:
+    with (Path(outdir) / "nvb.txt").open() as f:
         nvb = int(f.readline())
     for j in range(1, nvb + 1):
         timed("results", results, config, j)
     timed("cleanup", cleanup, config)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"stages": times, "total_wall_s": time.perf_counter() - start,
-                      "max_rss_mb": peak, "n_batches": nb, "n_voxel_batches": nvb}))
+    print(
+        json.dumps(
+            {
+                "stages": times,
+                "total_wall_s": time.perf_counter() - start,
+                "max_rss_mb": peak,
+                "n_batches": nb,
+                "n_voxel_batches": nvb,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

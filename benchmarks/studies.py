@@ -33,7 +33,11 @@ import numpy as np
 import yaml
 
 SIGMA2 = 2.0
-D_SUBJECT = {"intercept": [[2.0]], "slope": [[2.0, 0.3], [0.3, 0.5]], "crossed": [[2.0]]}
+D_SUBJECT = {
+    "intercept": [[2.0]],
+    "slope": [[2.0, 0.3], [0.3, 0.5]],
+    "crossed": [[2.0]],
+}
 D_SITE = 0.5
 #: T contrasts only: pyblmm 0.1.1's F contrasts crash (NameError ``betahat``).
 CONTRASTS = (("time", [0, 1, 0, 0]), ("group", [0, 0, 0, 1]))
@@ -59,20 +63,47 @@ class Preset:
 
 
 PRESETS = {
-    "small": Preset("small", 50, 4, (21, 21, 21), "slope",
-                    note="200 images, ~4,000 voxels, 50 subjects x 4 visits, random intercept and slope"),
-    "crossed": Preset("crossed", 50, 4, (21, 21, 21), "crossed", n_sites=8,
-                      note="200 images, ~4,000 voxels, 50 subjects x 8 sites crossed, random intercepts"),
-    "large": Preset("large", 500, 4, (36, 36, 36), "slope",
-                    note="2,000 images, 19,208 voxels, 500 subjects x 4 visits, random intercept and slope"),
-    "ukb": Preset("ukb", 12500, 2, (37, 37, 37), "intercept",
-                  note="25,000 images, 20,863 voxels, 12,500 subjects x 2 visits, random intercept"),
+    "small": Preset(
+        "small",
+        50,
+        4,
+        (21, 21, 21),
+        "slope",
+        note="200 images, ~4,000 voxels, 50 subjects x 4 visits, random intercept and slope",
+    ),
+    "crossed": Preset(
+        "crossed",
+        50,
+        4,
+        (21, 21, 21),
+        "crossed",
+        n_sites=8,
+        note="200 images, ~4,000 voxels, 50 subjects x 8 sites crossed, random intercepts",
+    ),
+    "large": Preset(
+        "large",
+        500,
+        4,
+        (36, 36, 36),
+        "slope",
+        note="2,000 images, 19,208 voxels, 500 subjects x 4 visits, random intercept and slope",
+    ),
+    "ukb": Preset(
+        "ukb",
+        12500,
+        2,
+        (37, 37, 37),
+        "intercept",
+        note="25,000 images, 20,863 voxels, 12,500 subjects x 2 visits, random intercept",
+    ),
 }
 
 
 def brain_mask(shape: tuple[int, ...]) -> np.ndarray:
     """Ellipsoid filling the grid: about 45% of its voxels."""
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), -1)
+    grid = np.stack(
+        np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), -1
+    )
     return np.sqrt((grid**2).sum(-1)) < 0.95
 
 
@@ -104,12 +135,18 @@ def design(preset: Preset, rng: np.random.Generator) -> dict[str, np.ndarray]:
     age = np.repeat(rng.normal(0.0, 1.0, ns), nv)
     group = np.repeat(rng.integers(0, 2, ns), nv).astype(float)
     X = np.column_stack([np.ones(n), t, age, group])
-    Zs = np.column_stack([np.ones(n), t]) if preset.structure == "slope" else np.ones((n, 1))
+    Zs = (
+        np.column_stack([np.ones(n), t])
+        if preset.structure == "slope"
+        else np.ones((n, 1))
+    )
     site = rng.integers(1, max(preset.n_sites, 1) + 1, n)
     return {"X": X, "subject": subject, "Zs": Zs, "site": site, "t": t}
 
 
-def write_study(preset: Preset, folder: Path | str, *, force: bool = False) -> StudyFiles:
+def write_study(
+    preset: Preset, folder: Path | str, *, force: bool = False
+) -> StudyFiles:
     """Write the study of `preset` into `folder` (skipped if already complete)."""
     folder = Path(folder).absolute()
     stamp = folder / "study.json"
@@ -128,7 +165,9 @@ def write_study(preset: Preset, folder: Path | str, *, force: bool = False) -> S
     n = len(subject)
 
     # Fixed effects: time effect in one half of the brain, group effect in a blob.
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), -1)
+    grid = np.stack(
+        np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), -1
+    )
     g = grid[brain]
     beta = np.zeros((nvox, 4))
     beta[:, 0] = 100.0
@@ -146,7 +185,12 @@ def write_study(preset: Preset, folder: Path | str, *, force: bool = False) -> S
     cut = rng.integers(1, max(2, shape[2] // 3) + 1, n)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] = -np.array(shape) + 1.0
-    names = [f"sub-{s:05d}_ses-{v + 1}" for s, v in zip(subject, np.tile(np.arange(preset.visits), preset.n_subjects))]
+    names = [
+        f"sub-{s:05d}_ses-{v + 1}"
+        for s, v in zip(
+            subject, np.tile(np.arange(preset.visits), preset.n_subjects), strict=False
+        )
+    ]
     vol = np.zeros(shape, dtype=np.float32)
     full_mask = np.ones(shape, dtype=np.uint8)
     for s in range(preset.n_subjects):
@@ -158,47 +202,101 @@ def write_study(preset: Preset, folder: Path | str, *, force: bool = False) -> S
         y = y + rng.normal(0.0, np.sqrt(SIGMA2), y.shape)
         for k, i in enumerate(rows):
             vol[brain] = y[k]
-            nib.save(nib.Nifti1Image(vol, affine), folder / "images" / f"{names[i]}.nii")
+            nib.save(
+                nib.Nifti1Image(vol, affine), folder / "images" / f"{names[i]}.nii"
+            )
             mask = full_mask
             if partial[i]:
                 mask = full_mask.copy()
-                mask[:, :, shape[2] - cut[i]:] = 0
-            nib.save(nib.Nifti1Image(mask, affine), folder / "masks" / f"{names[i]}_mask.nii")
-    nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), folder / "analysis_mask.nii")
-    (folder / "Y.txt").write_text("".join(f"{folder / 'images' / nm}.nii\n" for nm in names))
-    (folder / "M.txt").write_text("".join(f"{folder / 'masks' / nm}_mask.nii\n" for nm in names))
+                mask[:, :, shape[2] - cut[i] :] = 0
+            nib.save(
+                nib.Nifti1Image(mask, affine), folder / "masks" / f"{names[i]}_mask.nii"
+            )
+    nib.save(
+        nib.Nifti1Image(brain.astype(np.uint8), affine), folder / "analysis_mask.nii"
+    )
+    (folder / "Y.txt").write_text(
+        "".join(f"{folder / 'images' / nm}.nii\n" for nm in names)
+    )
+    (folder / "M.txt").write_text(
+        "".join(f"{folder / 'masks' / nm}_mask.nii\n" for nm in names)
+    )
     np.savetxt(folder / "X.csv", X, delimiter=",", fmt="%.17g")
     np.savetxt(folder / "subject.csv", subject[:, None], delimiter=",", fmt="%d")
     np.savetxt(folder / "subject_design.csv", Zs, delimiter=",", fmt="%.17g")
     if preset.structure == "crossed":
         np.savetxt(folder / "site.csv", site[:, None], delimiter=",", fmt="%d")
         np.savetxt(folder / "site_design.csv", np.ones((n, 1)), delimiter=",", fmt="%d")
-    covariates = np.column_stack([X[:, 1:], subject, site, partial, np.where(partial, cut, 0)])
-    np.savetxt(folder / "covariates.csv", covariates, delimiter=",", fmt="%.17g",
-               header="t,age,group,subject,site,partial,cut", comments="")
-    stamp.write_text(json.dumps({"preset": asdict(preset) | {"shape": list(shape)}, "n_voxels": nvox}))
+    covariates = np.column_stack(
+        [X[:, 1:], subject, site, partial, np.where(partial, cut, 0)]
+    )
+    np.savetxt(
+        folder / "covariates.csv",
+        covariates,
+        delimiter=",",
+        fmt="%.17g",
+        header="t,age,group,subject,site,partial,cut",
+        comments="",
+    )
+    stamp.write_text(
+        json.dumps(
+            {"preset": asdict(preset) | {"shape": list(shape)}, "n_voxels": nvox}
+        )
+    )
     return _files(folder, preset, nvox)
 
 
 def _files(folder: Path, preset: Preset, nvox: int) -> StudyFiles:
-    factors = [{"name": "subject", "factor": folder / "subject.csv", "design": folder / "subject_design.csv"}]
+    factors = [
+        {
+            "name": "subject",
+            "factor": folder / "subject.csv",
+            "design": folder / "subject_design.csv",
+        }
+    ]
     if preset.structure == "crossed":
-        factors.append({"name": "site", "factor": folder / "site.csv", "design": folder / "site_design.csv"})
-    return StudyFiles(folder, folder / "Y.txt", folder / "M.txt", folder / "analysis_mask.nii",
-                      folder / "X.csv", factors, preset.n_images, nvox, preset.shape)
+        factors.append(
+            {
+                "name": "site",
+                "factor": folder / "site.csv",
+                "design": folder / "site_design.csv",
+            }
+        )
+    return StudyFiles(
+        folder,
+        folder / "Y.txt",
+        folder / "M.txt",
+        folder / "analysis_mask.nii",
+        folder / "X.csv",
+        factors,
+        preset.n_images,
+        nvox,
+        preset.shape,
+    )
 
 
 def blmm_config(files: StudyFiles, outdir: Path, *, pyblmm: bool) -> dict:
-    """A BLMM config for the study; `pyblmm` adds the keys pyblmm 0.1.1 needs."""
+    """Return a BLMM config for the study; `pyblmm` adds the keys pyblmm 0.1.1 needs."""
     cfg: dict = {
         "Y_files": str(files.Y_files),
         "data_mask_files": str(files.data_mask_files),
         "analysis_mask": str(files.analysis_mask),
         "X": str(files.X),
-        "Z": [{f"f{k + 1}": {"name": f["name"], "factor": str(f["factor"]), "design": str(f["design"])}}
-              for k, f in enumerate(files.factors)],
+        "Z": [
+            {
+                f"f{k + 1}": {
+                    "name": f["name"],
+                    "factor": str(f["factor"]),
+                    "design": str(f["design"]),
+                }
+            }
+            for k, f in enumerate(files.factors)
+        ],
         "outdir": str(outdir),
-        "contrasts": [{f"c{i + 1}": {"name": nm, "vector": str(vec)}} for i, (nm, vec) in enumerate(CONTRASTS)],
+        "contrasts": [
+            {f"c{i + 1}": {"name": nm, "vector": str(vec)}}
+            for i, (nm, vec) in enumerate(CONTRASTS)
+        ],
         "Missingness": {"MinPercent": 0.5},
         "MAXMEM": "2**32",
         "method": "pSFS",
