@@ -13,15 +13,16 @@ expected ML information at REML estimates: 6 to 18 % off.)  F contrasts follow
 lmerTest's contestMD: the eigen-directions of L cov(β̂) L' each get a T-type ν_m,
 combined as 2E/(E - m) with E = Σ ν_m/(ν_m - 2).
 
--log10 p is computed from log survival functions, with an asymptotic series where
-the survival function underflows, so it stays finite and exact in the far tail.
+-log10 p is computed from the regularised incomplete beta function in log space,
+with an asymptotic series where it underflows, so it stays finite and exact in the
+far tail.  (scipy.stats is not imported: it alone would add 0.4 s to every job.)
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import special, stats
+from scipy import special
 
 from blmm_scripts._linalg import psd_sqrt, solve_pd
 from blmm_scripts.likelihood import Curvature, Profile, profile, vec_matrix
@@ -67,11 +68,11 @@ def t_logsf(T: NDArray, df: NDArray) -> NDArray:
     """Log P(t_df > T), finite far into the upper tail."""
     T, df = np.broadcast_arrays(np.asarray(T, float), np.asarray(df, float))
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = stats.t.logsf(T, df)
-        upper = T > 0
-        x = df / (df + T**2)
-        tail = np.log(0.5) + log_betainc_upper(df / 2, 0.5, x)
-    out = np.where(upper & ~(out > -700.0), tail, out)
+        # P(|t| > |T|) = I_x(df/2, 1/2) with x = df / (df + T²)
+        log_two_tail = log_betainc_upper(df / 2, 0.5, df / (df + T**2)).reshape(T.shape)
+        out = np.where(
+            T > 0, np.log(0.5) + log_two_tail, np.log1p(-0.5 * np.exp(log_two_tail))
+        )
     return out if out.ndim else out[()]
 
 
@@ -79,9 +80,9 @@ def f_logsf(F: NDArray, df1: NDArray, df2: NDArray) -> NDArray:
     """Log P(F_{df1, df2} > F), finite far into the upper tail."""
     F, df1, df2 = np.broadcast_arrays(*(np.asarray(t, float) for t in (F, df1, df2)))
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = stats.f.logsf(F, df1, df2)
-        tail = log_betainc_upper(df2 / 2, df1 / 2, df2 / (df2 + df1 * F))
-    out = np.where(~(out > -700.0) & (F > 0), tail, out)
+        # P(F > f) = I_x(df2/2, df1/2) with x = df2 / (df2 + df1 f)
+        out = log_betainc_upper(df2 / 2, df1 / 2, df2 / (df2 + df1 * F))
+    out = out.reshape(F.shape)
     return out if out.ndim else out[()]
 
 

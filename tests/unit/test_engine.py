@@ -385,3 +385,14 @@ def test_memory_within_estimate(shape, rng):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak <= bytes_per_voxel(re, X.shape[1]) * Y.shape[1]
+
+
+def test_log_survival_functions_match_scipy():
+    """The t and F log survival functions equal scipy's where scipy's are accurate."""
+    T = np.array([-50.0, -3.0, -0.5, 0.0, 0.3, 2.0, 10.0, 40.0])
+    df = np.array([3.0, 10.0, 50.0, 20.0, 7.0, 100.0, 5.0, 30.0])
+    np.testing.assert_allclose(t_logsf(T, df), stats.t.logsf(T, df), rtol=1e-12)
+    F = np.array([0.01, 0.5, 1.0, 3.0, 20.0, 200.0])
+    d1 = np.array([1.0, 2.0, 3.0, 2.0, 4.0, 2.0])
+    d2 = np.array([10.0, 30.0, 5.0, 100.0, 20.0, 50.0])
+    np.testing.assert_allclose(f_logsf(F, d1, d2), stats.f.logsf(F, d1, d2), rtol=1e-12)
