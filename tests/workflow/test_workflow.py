@@ -82,6 +82,25 @@ def test_temporary_intermediates_and_compression(tmp_path):
     assert_same_maps(read_maps(out), expected, rtol=1e-6)
 
 
+def test_two_factors_equal_direct_run(tmp_path):
+    """Crossed factors (subject and site) run end to end; D holds both vechs."""
+    make_tiny_study(tmp_path, safeMode=0)
+    site = np.arange(12) % 3
+    np.savetxt(tmp_path / "data" / "site.csv", site[:, None], fmt="%d")
+    np.savetxt(tmp_path / "data" / "site_design.csv", np.ones((12, 1)), fmt="%d")
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    config["Z"].append(
+        {"f2": {"factor": "data/site.csv", "design": "data/site_design.csv"}}
+    )
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, _, _ = run_pipeline(config, tmp_path)
+    actual = read_maps(tmp_path / "out")
+    assert actual["D"].shape[-1] == 2
+    assert_same_maps(actual, expected, rtol=1e-6)
+
+
 def test_maps_header_and_outputs(one_batch):
     """Maps carry the first image's affine; inputs.yml holds the resolved config."""
     out = one_batch / "out"
