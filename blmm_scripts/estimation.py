@@ -35,6 +35,7 @@ from blmm_scripts.structure import (
     RandomEffects,
     Status,
     duplication_matrix,
+    unvech,
 )
 
 logger = logging.getLogger(__name__)
@@ -219,6 +220,64 @@ def _advance(
     return done
 
 
+def _polish(
+    products: Products,
+    re: RandomEffects,
+    D: list[NDArray],
+    idx: NDArray,
+    reml: bool,
+    kind: str,
+    steps: int = 3,
+) -> None:
+    """Newton steps with the exact observed information at converged fits.
+
+    Convergence on the log-likelihood pins the parameters only to about sqrt(tol);
+    Newton steps (σ² profiled out) converge quadratically from there, so estimates
+    become exact to rounding and independent of the path that found them (e.g. of
+    how the images were split into batches).  Steps that would leave the PSD cone or
+    lower the log-likelihood beyond its rounding error are not taken, so fits on the
+    boundary keep the estimates their iterations reached.  Updates D in place.
+    """
+    from blmm_scripts.inference import observed_information
+
+    dups = [duplication_matrix(qk) for qk in re.n_raneffs]
+    for _ in range(steps):
+        ii = idx
+        if ii.size == 0:
+            return
+        sub = products.take(ii)
+        prof = profile(sub, re, [psd_sqrt(Dk[ii])[1] for Dk in D], reml)
+        s2 = prof.sigma2
+        J = observed_information(prof, s2)
+        H = J[:, 1:, 1:] - J[:, 1:, :1] * J[:, :1, 1:] / J[:, :1, :1]
+        scores = _score_D(Curvature(prof), s2, kind)
+        g = np.concatenate(
+            [
+                G.swapaxes(-1, -2).reshape(len(ii), -1) @ dups[k]
+                for k, G in enumerate(scores)
+            ],
+            axis=1,
+        )
+        step = solve_pd(H, g)
+        new_D, clipped, o = [], np.zeros(ii.size, dtype=bool), 0
+        for Dk, qk, w in zip(D, re.n_raneffs, re.n_vech, strict=True):
+            move = unvech(np.nan_to_num(step[:, o : o + w]), qk)
+            Dn, clip = psd_project(Dk[ii] + move)
+            new_D.append(Dn)
+            clipped |= clip
+            o += w
+        old = prof.llh()
+        new = profile(sub, re, [psd_sqrt(Dn)[1] for Dn in new_D], reml).llh()
+        # Near the optimum the log-likelihood is flat to its rounding error (S is a
+        # difference of large sums of squares, good to ~1e-12 of Y'Y), so a Newton
+        # step may show a change of that size either way.
+        noise = 1e-9 * np.maximum(1.0, np.abs(old))
+        ok = ~clipped & np.isfinite(new) & (new >= old - noise)
+        for Dk, Dn in zip(D, new_D, strict=True):
+            Dk[ii[ok]] = Dn[ok]
+        idx = ii[ok]
+
+
 def _initial_D(products: Products, re: RandomEffects) -> list[NDArray]:
     """One ML scoring step from D = 0 at the OLS fit: Demidenko's moment estimator."""
     v = products.n_voxels
@@ -369,6 +428,7 @@ def fit(
                 "iteration %d: %d of %d voxels still iterating", it, active.sum(), v
             )
     status[active] = Status.MAXNIT
+    _polish(products, re, D, np.flatnonzero(status == Status.OK), reml, kind)
 
     good = np.isin(status, (Status.OK, Status.MAXNIT))
     idx = np.flatnonzero(good)
@@ -376,8 +436,8 @@ def fit(
         sub = products.take(idx)
         prof = profile(sub, re, [psd_sqrt(Dk[idx])[1] for Dk in D], reml)
         beta[idx] = prof.beta
-        if method in ("SFS", "pSFS"):
-            sigma2[idx] = prof.sigma2
+        # σ² given D in closed form (FS and pFS end within tol of it)
+        sigma2[idx] = prof.sigma2
         llh[idx] = prof.llh(sigma2[idx])
         bad = ~(np.isfinite(llh[idx]) & np.isfinite(beta[idx]).all(1))
         status[idx[bad]] = Status.NOT_FINITE

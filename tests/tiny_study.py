@@ -13,7 +13,9 @@ import yaml
 from blmm_scripts.simulate import simulate_study
 
 
-def make_tiny_study(root: Path, **overrides) -> Path:
+def make_tiny_study(
+    root: Path, n_subjects: int = 6, visits: int = 2, **overrides
+) -> Path:
     """Write a 12-image 6x5x4 study with partial data masks and its config.
 
     6 subjects x 2 visits with a random intercept per subject (a random slope from
@@ -25,8 +27,8 @@ def make_tiny_study(root: Path, **overrides) -> Path:
     root = Path(root).absolute()
     simulate_study(
         root / "data",
-        n_subjects=6,
-        visits=2,
+        n_subjects=n_subjects,
+        visits=visits,
         shape=(6, 5, 4),
         seed=7,
         partial_fraction=0.4,

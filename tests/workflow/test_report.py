@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_tiny_study
 from helpers import read_maps, snakemake
 from scipy import stats
+from tiny_study import make_tiny_study
 
 from blmm_scripts.report import benchmark_table
 
