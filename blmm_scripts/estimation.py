@@ -275,7 +275,12 @@ def _polish(
         ok = ~clipped & np.isfinite(new) & (new >= old - noise)
         for Dk, Dn in zip(D, new_D, strict=True):
             Dk[ii[ok]] = Dn[ok]
-        idx = ii[ok]
+        # voxels whose step was already at rounding level need no further step
+        scale = np.maximum(
+            1.0,
+            np.concatenate([np.abs(Dk[ii]).reshape(ii.size, -1) for Dk in D], 1).max(1),
+        )
+        idx = ii[ok & (np.abs(step).max(axis=1) > 1e-12 * scale)]
 
 
 def _initial_D(products: Products, re: RandomEffects) -> list[NDArray]:
