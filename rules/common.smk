@@ -69,8 +69,8 @@ def temporary_until_maps():
 
 
 wildcard_constraints:
-    b=r"\d{4,}",
-    j=r"\d{4,}",
+    b=r"\d{4}\d*",
+    j=r"\d{4}\d*",
 
 
 def batch_rows(wildcards):
