@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blmm_scripts._linalg import psd_project, psd_sqrt, solve_pd
-from blmm_scripts.likelihood import Curvature, Profile, profile, vec_matrix
+from blmm_scripts.likelihood import Curvature, Profile, profile, score_D, vec_matrix
 from blmm_scripts.structure import (
     FitResult,
     Products,
@@ -47,20 +47,26 @@ MIN_STEP = 2.0**-30  # a gradient step this short still fails: stationary
 CHECK_STEP = 2.0**-12  # the same when the gradient only checks a converged point
 
 
-def _score_D(curv: Curvature, sigma2: NDArray, kind: str) -> list[NDArray]:
-    """dl/dD_k as symmetric (v, q_k, q_k) matrices."""
-    return [
-        0.5 * (curv.ss(k) / sigma2[:, None, None] - curv.diag_sum(k, kind))
-        for k in range(curv.re.r)
-    ]
-
-
 def _info_DD(curv: Curvature, k1: int, k2: int, kind: str, pseudo: bool) -> NDArray:
     """Return the expected information of (vec D_k1, vec D_k2), true or pseudo form."""
     T = curv.trace_term(k1, k2, kind)
     if pseudo:
         T = T.swapaxes(3, 4)  # Σ R_ij[b,d] R_ij[a,c], i.e. Σ R_ij ⊗ R_ij
     return 0.5 * vec_matrix(T)
+
+
+def _profiled_info(
+    curv: Curvature, k: int, sigma2: NDArray, kind: str, pseudo: bool
+) -> NDArray:
+    """Return the information of vec D_k with σ² profiled out (vec form).
+
+    The Schur complement I_DD - I_Ds I_ss^-1 I_sD; BLMM used I_DD, a shorter step.
+    """
+    info = _info_DD(curv, k, k, kind, pseudo)
+    Dk_sum = curv.diag_sum(k, kind)
+    c = Dk_sum.swapaxes(-1, -2).reshape(Dk_sum.shape[0], -1) / (2 * sigma2[:, None])
+    I_ss = curv.prof.n_eff / (2 * sigma2**2)
+    return info - c[:, :, None] * c[:, None, :] / I_ss[:, None, None]
 
 
 def _step(prof: Profile, sigma2: NDArray, method: str, kind: str) -> tuple:
@@ -71,22 +77,17 @@ def _step(prof: Profile, sigma2: NDArray, method: str, kind: str) -> tuple:
     """
     re = prof.re
     curv = Curvature(prof)
-    scores = _score_D(curv, sigma2, kind)
+    scores = score_D(curv, sigma2, kind)
     vech_form = method in ("FS", "SFS")
     dups = [duplication_matrix(qk) for qk in re.n_raneffs]
 
     def vec(A: NDArray) -> NDArray:
         return A.swapaxes(-1, -2).reshape(A.shape[0], -1)
 
-    I_ss = prof.n_eff / (2 * sigma2**2)
     if method in ("SFS", "pSFS"):
         steps = []
         for k, qk in enumerate(re.n_raneffs):
-            info = _info_DD(curv, k, k, kind, pseudo=not vech_form)
-            # sigma2 is profiled out: use the profiled information, the Schur
-            # complement I_DD - I_Ds I_ss^-1 I_sD (BLMM used I_DD, a shorter step).
-            c = vec(curv.diag_sum(k, kind)) / (2 * sigma2[:, None])
-            info = info - c[:, :, None] * c[:, None, :] / I_ss[:, None, None]
+            info = _profiled_info(curv, k, sigma2, kind, pseudo=not vech_form)
             g = vec(scores[k])
             if vech_form:
                 info = dups[k].T @ info @ dups[k]
@@ -113,6 +114,7 @@ def _step(prof: Profile, sigma2: NDArray, method: str, kind: str) -> tuple:
     scores_v = [
         vec(sk) @ dups[k] if vech_form else vec(sk) for k, sk in enumerate(scores)
     ]
+    I_ss = prof.n_eff / (2 * sigma2**2)
     g_s = -prof.n_eff / (2 * sigma2) + prof.S / (2 * sigma2**2)
     top = np.concatenate([I_ss[:, None, None], *[c[:, None, :] for c in col]], axis=2)
     rows = [top] + [
@@ -143,8 +145,7 @@ def _factor_step(
     """
     re = prof.re
     curv = Curvature(prof)
-    scores = _score_D(curv, sigma2, kind)
-    I_ss = prof.n_eff / (2 * sigma2**2)
+    scores = score_D(curv, sigma2, kind)
     Bs, dBs = [], []
     for k, qk in enumerate(re.n_raneffs):
         w, P = np.linalg.eigh(D[k])
@@ -155,12 +156,8 @@ def _factor_step(
         K = 2 * K - np.eye(qk * qk)  # commutation matrix
         J = np.einsum("vab,cd->vacbd", B, eye).reshape(-1, qk * qk, qk * qk)
         J = J + (np.einsum("ab,vcd->vacbd", eye, B).reshape(-1, qk * qk, qk * qk) @ K)
-        info = _info_DD(curv, k, k, kind, pseudo=False)
+        info = _profiled_info(curv, k, sigma2, kind, pseudo=False)
         c = scores[k].shape[0]
-        col = curv.diag_sum(k, kind).swapaxes(-1, -2).reshape(c, -1) / (
-            2 * sigma2[:, None]
-        )
-        info = info - col[:, :, None] * col[:, None, :] / I_ss[:, None, None]
         Jt = J.swapaxes(-1, -2)
         g = (Jt @ scores[k].swapaxes(-1, -2).reshape(c, -1, 1))[..., 0]
         d = (np.linalg.pinv(Jt @ info @ J, hermitian=True) @ g[..., None])[..., 0]
@@ -250,7 +247,7 @@ def _polish(
         s2 = prof.sigma2
         J = observed_information(prof, s2)
         H = J[:, 1:, 1:] - J[:, 1:, :1] * J[:, :1, 1:] / J[:, :1, :1]
-        scores = _score_D(Curvature(prof), s2, kind)
+        scores = score_D(Curvature(prof), s2, kind)
         g = np.concatenate(
             [
                 G.swapaxes(-1, -2).reshape(len(ii), -1) @ dups[k]

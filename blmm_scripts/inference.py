@@ -25,7 +25,13 @@ from numpy.typing import NDArray
 from scipy import special
 
 from blmm_scripts._linalg import psd_sqrt, solve_pd
-from blmm_scripts.likelihood import Curvature, Profile, profile, vec_matrix
+from blmm_scripts.likelihood import (
+    Curvature,
+    Profile,
+    profile,
+    score_D,
+    vec_matrix,
+)
 from blmm_scripts.structure import (
     FitResult,
     Inference,
@@ -296,10 +302,7 @@ def infer(
         out["resms"][idx] = ete / (sub.n - p)
     kind = "P" if fit_result.reml else "V"
     curv = Curvature(prof)
-    scores = [
-        0.5 * (curv.ss(k) / sigma2[:, None, None] - curv.diag_sum(k, kind))
-        for k in range(re.r)
-    ]
+    scores = score_D(curv, sigma2, kind)
     T, C, held = cholesky_coordinates([Dk[idx] for Dk in fit_result.D], scores, re)
     face = (T, held)
     J = T.swapaxes(-1, -2) @ observed_information(prof, sigma2) @ T - C

@@ -352,6 +352,17 @@ class _BorderedCurvature(_BlockCurvature):
         return _low_rank_data(self._s(0), self.Bv, W, Q)
 
 
+def score_D(curv: _BlockCurvature, sigma2: NDArray, kind: str) -> list[NDArray]:
+    """Return dl/dD_k of every factor as symmetric (v, q_k, q_k) matrices.
+
+    1/2 (σ^-2 Σ_j s_j s_j' - Σ_j R_jj), R = Z'V^-1 Z (kind "V", ML) or Z'PZ ("P", REML).
+    """
+    return [
+        0.5 * (curv.ss(k) / sigma2[:, None, None] - curv.diag_sum(k, kind))
+        for k in range(curv.re.r)
+    ]
+
+
 def Curvature(prof: Profile) -> _BlockCurvature:
     """Return the level-pair sums of `prof` for its Z'Z layout."""
     if prof.re.bordered:
