@@ -13,36 +13,56 @@ Two steps, both collecting every problem before raising one :class:`ConfigError`
    image and numbers only; one data mask per image; every image and mask exists and
    has the shape and affine of the first image.
 
-No value is ever passed to ``eval``: arithmetic strings are parsed with :mod:`ast`
-and only integer literals and ``+ - * ** //`` are allowed.
+Every default is written once, in the schema (``config/config.schema.yaml``), and
+read from there (:func:`schema_defaults`).  No value is ever passed to ``eval``: the
+value grammar is in :mod:`blmm_scripts.values`.
 """
 
 from __future__ import annotations
 
-import ast
 import logging
-import operator
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from numpy.typing import NDArray
 
 from blmm_scripts import io
+from blmm_scripts.estimation import METHODS
 from blmm_scripts.masks import analysis_voxels
 from blmm_scripts.structure import Factor, RandomEffects
+from blmm_scripts.values import (
+    parse_float,
+    parse_fraction,
+    parse_int_expr,
+    parse_vector,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Keys BLMM needed for its dask cluster; accepted and ignored here.
 IGNORED_KEYS = ("clusterType", "numNodes", "voxelBatching")
 
-#: BLMM's default for ``minlog``.
-DEFAULT_MINLOG = -323.3062153431158
+#: The JSON Schema of a config: the keys, their types and their defaults.
+SCHEMA = Path(__file__).resolve().parent.parent / "config" / "config.schema.yaml"
 
-METHODS = ("pSFS", "SFS", "pFS", "FS")
+
+@cache
+def schema() -> dict[str, Any]:
+    """Return the config schema (read once per process)."""
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def schema_defaults(key: str | None = None) -> dict[str, Any]:
+    """Return the schema's defaults of the top-level keys, or of one object key."""
+    props = schema()["properties"]
+    if key is not None:
+        props = props[key]["properties"]
+    return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
 class ConfigError(ValueError):
@@ -61,142 +81,6 @@ class ConfigError(ValueError):
             f"The BLMM config has {len(self.problems)} problem(s); nothing was run:"
             f"\n{lines}"
         )
-
-
-# --------------------------------------------------------------------------------
-# Value parsers (no eval)
-# --------------------------------------------------------------------------------
-
-_INT_OPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Pow: operator.pow,
-    ast.FloorDiv: operator.floordiv,
-}
-
-
-def parse_int_expr(value: int | str) -> int:
-    """Return the value of an integer or of integer arithmetic such as ``"2**32"``.
-
-    Only integer literals, parentheses, unary minus and ``+ - * ** //`` are allowed.
-
-    Raises
-    ------
-    ValueError
-        For anything else (floats, names, calls, huge exponents).
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"expected an integer or a string like '2**32', got {value!r}")
-    try:
-        tree = ast.parse(value.strip(), mode="eval")
-    except SyntaxError as err:
-        raise ValueError(f"{value!r} is not integer arithmetic") from err
-
-    def ev(node: ast.AST) -> int:
-        """Evaluate one node of the restricted grammar."""
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -ev(node.operand)
-        if isinstance(node, ast.BinOp) and type(node.op) in _INT_OPS:
-            left, right = ev(node.left), ev(node.right)
-            if isinstance(node.op, ast.Pow) and (right < 0 or right > 256):
-                raise ValueError(f"exponent {right} out of range in {value!r}")
-            if isinstance(node.op, ast.FloorDiv) and right == 0:
-                raise ValueError(f"division by zero in {value!r}")
-            return _INT_OPS[type(node.op)](left, right)
-        raise ValueError(
-            f"{value!r} is not integer arithmetic (only integers and + - * ** //)"
-        )
-
-    return ev(tree.body)
-
-
-def parse_float(value: float | int | str) -> float:
-    """Return a float from a YAML number or a string such as ``"1e-6"``."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    try:
-        return float(str(value).strip())
-    except ValueError as err:
-        raise ValueError(f"expected a number, got {value!r}") from err
-
-
-def parse_fraction(value: float | int | str) -> float:
-    """Return MinPercent as a fraction: ``0.1`` or ``"10%"`` -> 0.1."""
-    if isinstance(value, str) and value.strip().endswith("%"):
-        return parse_float(value.strip()[:-1]) / 100.0
-    return parse_float(value)
-
-
-_TOKEN = re.compile(r"\s*(?:(\[)|(\])|(,)|([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))")
-
-
-def parse_vector(value: list | str | float | int) -> NDArray[np.float64]:
-    """Return a contrast as an array: 1-D for a T contrast, 2-D for an F contrast.
-
-    Accepts YAML lists and BLMM's strings ``"[1, 0, 0]"``, ``"[1 0 0]"`` and
-    ``"[[1,0,0],[0,1,0]]"``, parsed by a small tokenizer (never ``eval``).
-
-    Raises
-    ------
-    ValueError
-        If the value is not a flat or a rectangular nested list of numbers.
-    """
-    if isinstance(value, str):
-        value = _parse_bracketed(value)
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{value!r} is not a list of numbers") from err
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim > 2 or arr.size == 0:
-        raise ValueError(
-            f"expected a 1-D (T) or 2-D (F) list of numbers, got {value!r}"
-        )
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{value!r} contains non-finite numbers")
-    return arr
-
-
-def _parse_bracketed(text: str) -> list:
-    """Parse nested brackets of numbers separated by commas and/or spaces."""
-    pos, tokens = 0, []
-    text = text.strip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None or m.end() == pos:
-            raise ValueError(f"unexpected character at position {pos} of {text!r}")
-        pos = m.end()
-        if m.group(4) is not None:
-            tokens.append(float(m.group(4)))
-        elif m.group(1) or m.group(2):
-            tokens.append(m.group(1) or m.group(2))
-        # commas are separators only
-        if pos < len(text) and not text[pos:].strip():
-            break
-    stack: list[list] = [[]]
-    for tok in tokens:
-        if tok == "[":
-            stack.append([])
-        elif tok == "]":
-            if len(stack) < 2:
-                raise ValueError(f"unbalanced brackets in {text!r}")
-            inner = stack.pop()
-            stack[-1].append(inner)
-        else:
-            stack[-1].append(tok)
-    if len(stack) != 1 or len(stack[0]) != 1:
-        raise ValueError(f"{text!r} is not one bracketed list")
-    return stack[0][0]
 
 
 # --------------------------------------------------------------------------------
@@ -224,6 +108,21 @@ class Contrast:
     def is_f(self) -> bool:
         """True for an F contrast (a 2-D vector, even with one row)."""
         return self.L.ndim == 2
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """The example's ``simulate`` key: a study simulated from a seed.
+
+    See :func:`blmm_scripts.simulate.make_study`; ``folder`` is resolved against
+    the working directory.
+    """
+
+    folder: Path
+    seed: int
+    n_subjects: int
+    visits: int
+    shape: tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -256,6 +155,12 @@ class Settings:
     two_sided: bool
     keep_intermediates: bool
     output_compression: bool
+    fdr: bool = False
+    report: bool = False
+    compare_small: Path | None = None
+    compare_large: Path | None = None
+    compare_out: Path | None = None
+    simulate: Simulation | None = None
 
     @property
     def map_suffix(self) -> str:
@@ -416,8 +321,11 @@ def _parse_settings(
         except ValueError as err:
             problems.append(f"contrasts c{i + 1} ({name}): vector {err}")
 
-    def number(key: str, parser, default, check=None, what=""):
+    defaults = schema_defaults()
+
+    def number(key: str, parser, check=None, what=""):
         """Parse one numeric key, recording a problem instead of raising."""
+        default = defaults.get(key)
         value = config.get(key, default)
         if value is None:
             return None
@@ -425,17 +333,17 @@ def _parse_settings(
             out = parser(value)
         except ValueError as err:
             problems.append(f"{key}: {err}")
-            return default if not isinstance(default, str) else None
+            return None if default is None else parser(default)
         if check is not None and not check(out):
             problems.append(f"{key}: {value!r} is out of range ({what})")
         return out
 
-    maxmem = number("MAXMEM", parse_int_expr, 2**32, lambda v: v > 0, "must be > 0")
-    thresh = number("data_mask_thresh", parse_float, None)
-    tol = number("tol", parse_float, 1e-6, lambda v: v > 0, "must be > 0")
-    minlog = number("minlog", parse_float, DEFAULT_MINLOG, lambda v: v <= 0, "<= 0")
-    maxnvb = number("maxnvb", parse_int_expr, 60, lambda v: v >= 1, "must be >= 1")
-    maxnit = number("maxnit", parse_int_expr, 10000, lambda v: v >= 1, "must be >= 1")
+    maxmem = number("MAXMEM", parse_int_expr, lambda v: v > 0, "must be > 0")
+    thresh = number("data_mask_thresh", parse_float)
+    tol = number("tol", parse_float, lambda v: v > 0, "must be > 0")
+    minlog = number("minlog", parse_float, lambda v: v <= 0, "<= 0")
+    maxnvb = number("maxnvb", parse_int_expr, lambda v: v >= 1, "must be >= 1")
+    maxnit = number("maxnit", parse_int_expr, lambda v: v >= 1, "must be >= 1")
 
     miss = config.get("Missingness") or {}
     if not isinstance(miss, dict):
@@ -463,29 +371,42 @@ def _parse_settings(
             problems.append(f"Missingness MinN: {err}")
             min_n = None
 
-    method = str(config.get("method", "pSFS"))
+    method = str(config.get("method", defaults["method"]))
     if method not in METHODS:
         problems.append(f"method: {method!r} is not one of {', '.join(METHODS)}")
-    estimation = str(config.get("estimation", "REML"))
+    estimation = str(config.get("estimation", defaults["estimation"]))
     if estimation.upper() not in ("REML", "ML"):
         problems.append(f"estimation: {estimation!r} is not REML or ML")
 
     flags = {}
-    for key, field_name, default in (
-        ("OutputCovB", "output_cov_b", True),
-        ("resms", "resms", False),
-        ("safeMode", "safe_mode", True),
-        ("two_sided", "two_sided", False),
-        ("keep_intermediates", "keep_intermediates", True),
-        ("output_compression", "output_compression", False),
+    for key, field_name in (
+        ("OutputCovB", "output_cov_b"),
+        ("resms", "resms"),
+        ("safeMode", "safe_mode"),
+        ("two_sided", "two_sided"),
+        ("keep_intermediates", "keep_intermediates"),
+        ("output_compression", "output_compression"),
+        ("fdr", "fdr"),
+        ("report", "report"),
     ):
         try:
-            flags[field_name] = _flag(config.get(key, default))
+            flags[field_name] = _flag(config.get(key, defaults[key]))
         except (TypeError, ValueError):
             problems.append(
                 f"{key}: {config.get(key)!r} is not a switch (0/1, true/false)"
             )
-            flags[field_name] = default
+            flags[field_name] = _flag(defaults[key])
+
+    simulation = None
+    if config.get("simulate"):
+        sim = schema_defaults("simulate") | config["simulate"]
+        simulation = Simulation(
+            _resolve(sim["folder"], workdir),
+            int(sim["seed"]),
+            int(sim["n_subjects"]),
+            int(sim["visits"]),
+            tuple(int(s) for s in sim["shape"]),
+        )
 
     if any(config.get(k) in (None, "", []) for k in ("Y_files", "X", "outdir")):
         return None
@@ -507,6 +428,12 @@ def _parse_settings(
         min_percent=min_percent,
         min_n=min_n,
         analysis_mask=opt_path("analysis_mask"),
+        compare_small=opt_path("compare_small"),
+        compare_large=opt_path("compare_large"),
+        compare_out=_resolve(
+            config.get("compare_out", defaults["compare_out"]), workdir
+        ),
+        simulate=simulation,
         minlog=minlog,
         method=method,
         tol=tol,
@@ -742,29 +669,38 @@ def _check_inputs(
 
 
 def load(
-    config: dict[str, Any], workdir: Path, check_images: bool = True
+    config: dict[str, Any],
+    workdir: Path,
+    check_images: bool = True,
+    planned: Callable[[Settings], Inputs] | None = None,
 ) -> tuple[Settings, Inputs]:
     """Parse and check a config in one go, reporting every problem of both steps.
 
-    With the example's ``simulate`` key and the study not yet written, the inputs
-    are those the ``simulate`` rule will write (see :mod:`blmm_scripts.simulate`).
+    Parameters
+    ----------
+    config : dict
+    workdir : Path
+    check_images : bool
+        See :func:`check_inputs`.
+    planned : callable, optional
+        Returns the inputs of a study that a rule has yet to write, from the
+        settings alone; used when the config has a ``simulate`` key and its
+        ``Y_files`` does not exist yet (the example before it is simulated:
+        :func:`blmm_scripts.simulate.planned_inputs`).
 
     Raises
     ------
     ConfigError
         Listing every problem found, in the values and in the data.
     """
-    from blmm_scripts.simulate import planned_inputs
-
     problems: list[str] = []
     settings = _parse_settings(config, workdir, problems)
     if settings is None:
         raise ConfigError(problems)
-    sim = config.get("simulate")
-    if sim and not settings.Y_files.exists():  # the example, not yet simulated
+    if planned is not None and settings.simulate and not settings.Y_files.exists():
         if problems:
             raise ConfigError(problems)
-        return settings, planned_inputs(settings, **sim)
+        return settings, planned(settings)
     inputs = _check_inputs(settings, problems, check_images)
     if problems:
         raise ConfigError(problems)

@@ -28,13 +28,23 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blmm_scripts._linalg import psd_project, psd_sqrt, solve_pd
-from blmm_scripts.likelihood import Curvature, Profile, profile, score_D, vec_matrix
+from blmm_scripts.likelihood import (
+    Profile,
+    Weight,
+    curvature,
+    expected_information,
+    observed_information,
+    profile,
+    profiled_information,
+    score_D,
+)
 from blmm_scripts.structure import (
     FitResult,
     Products,
     RandomEffects,
     Status,
     duplication_matrix,
+    is_fitted,
     unvech,
 )
 
@@ -47,37 +57,15 @@ MIN_STEP = 2.0**-30  # a gradient step this short still fails: stationary
 CHECK_STEP = 2.0**-12  # the same when the gradient only checks a converged point
 
 
-def _info_DD(curv: Curvature, k1: int, k2: int, kind: str, pseudo: bool) -> NDArray:
-    """Return the expected information of (vec D_k1, vec D_k2), true or pseudo form."""
-    T = curv.trace_term(k1, k2, kind)
-    if pseudo:
-        T = T.swapaxes(3, 4)  # Σ R_ij[b,d] R_ij[a,c], i.e. Σ R_ij ⊗ R_ij
-    return 0.5 * vec_matrix(T)
-
-
-def _profiled_info(
-    curv: Curvature, k: int, sigma2: NDArray, kind: str, pseudo: bool
-) -> NDArray:
-    """Return the information of vec D_k with σ² profiled out (vec form).
-
-    The Schur complement I_DD - I_Ds I_ss^-1 I_sD; BLMM used I_DD, a shorter step.
-    """
-    info = _info_DD(curv, k, k, kind, pseudo)
-    Dk_sum = curv.diag_sum(k, kind)
-    c = Dk_sum.swapaxes(-1, -2).reshape(Dk_sum.shape[0], -1) / (2 * sigma2[:, None])
-    I_ss = curv.prof.n_eff / (2 * sigma2**2)
-    return info - c[:, :, None] * c[:, None, :] / I_ss[:, None, None]
-
-
-def _step(prof: Profile, sigma2: NDArray, method: str, kind: str) -> tuple:
+def _step(prof: Profile, sigma2: NDArray, method: str, weight: Weight) -> tuple:
     """Return the Fisher-scoring direction and the gradient at `prof`.
 
     Returns (Δσ² or None, [ΔD_k], dl/dσ² or None, [dl/dD_k]); σ² entries are None
     for the methods that profile σ² out.
     """
     re = prof.re
-    curv = Curvature(prof)
-    scores = score_D(curv, sigma2, kind)
+    curv = curvature(prof)
+    scores = score_D(curv, sigma2, weight)
     vech_form = method in ("FS", "SFS")
     dups = [duplication_matrix(qk) for qk in re.n_raneffs]
 
@@ -87,7 +75,7 @@ def _step(prof: Profile, sigma2: NDArray, method: str, kind: str) -> tuple:
     if method in ("SFS", "pSFS"):
         steps = []
         for k, qk in enumerate(re.n_raneffs):
-            info = _profiled_info(curv, k, sigma2, kind, pseudo=not vech_form)
+            info = profiled_information(curv, k, sigma2, weight, pseudo=not vech_form)
             g = vec(scores[k])
             if vech_form:
                 info = dups[k].T @ info @ dups[k]
@@ -102,13 +90,15 @@ def _step(prof: Profile, sigma2: NDArray, method: str, kind: str) -> tuple:
     for k1 in range(re.r):
         row = []
         for k2 in range(re.r):
-            info = _info_DD(curv, k1, k2, kind, pseudo=not vech_form)
+            info = expected_information(curv, k1, k2, weight, pseudo=not vech_form)
             if vech_form:
                 info = dups[k1].T @ info @ dups[k2]
             row.append(info)
         blocks.append(row)
     s2 = sigma2[:, None]
-    col = [vec(curv.diag_sum(k, kind).swapaxes(-1, -2)) / (2 * s2) for k in range(re.r)]
+    col = [
+        vec(curv.diag_sum(k, weight).swapaxes(-1, -2)) / (2 * s2) for k in range(re.r)
+    ]
     if vech_form:
         col = [c @ dups[k] for k, c in enumerate(col)]
     scores_v = [
@@ -135,7 +125,7 @@ def _step(prof: Profile, sigma2: NDArray, method: str, kind: str) -> tuple:
 
 
 def _factor_step(
-    prof: Profile, sigma2: NDArray, D: list[NDArray], kind: str
+    prof: Profile, sigma2: NDArray, D: list[NDArray], weight: Weight
 ) -> tuple[list[NDArray], list[NDArray]]:
     """Scoring step in factors B_k of D_k = B_k B_k' (σ² profiled out).
 
@@ -144,8 +134,8 @@ def _factor_step(
     (B_k, ΔB_k), each (v, q_k, q_k).
     """
     re = prof.re
-    curv = Curvature(prof)
-    scores = score_D(curv, sigma2, kind)
+    curv = curvature(prof)
+    scores = score_D(curv, sigma2, weight)
     Bs, dBs = [], []
     for k, qk in enumerate(re.n_raneffs):
         w, P = np.linalg.eigh(D[k])
@@ -156,7 +146,7 @@ def _factor_step(
         K = 2 * K - np.eye(qk * qk)  # commutation matrix
         J = np.einsum("vab,cd->vacbd", B, eye).reshape(-1, qk * qk, qk * qk)
         J = J + (np.einsum("ab,vcd->vacbd", eye, B).reshape(-1, qk * qk, qk * qk) @ K)
-        info = _profiled_info(curv, k, sigma2, kind, pseudo=False)
+        info = profiled_information(curv, k, sigma2, weight, pseudo=False)
         c = scores[k].shape[0]
         Jt = J.swapaxes(-1, -2)
         g = (Jt @ scores[k].swapaxes(-1, -2).reshape(c, -1, 1))[..., 0]
@@ -223,7 +213,7 @@ def _polish(
     D: list[NDArray],
     idx: NDArray,
     reml: bool,
-    kind: str,
+    weight: Weight,
     steps: int = 3,
 ) -> None:
     """Newton steps with the exact observed information at converged fits.
@@ -235,8 +225,6 @@ def _polish(
     lower the log-likelihood beyond its rounding error are not taken, so fits on the
     boundary keep the estimates their iterations reached.  Updates D in place.
     """
-    from blmm_scripts.inference import observed_information
-
     dups = [duplication_matrix(qk) for qk in re.n_raneffs]
     for _ in range(steps):
         ii = idx
@@ -247,7 +235,7 @@ def _polish(
         s2 = prof.sigma2
         J = observed_information(prof, s2)
         H = J[:, 1:, 1:] - J[:, 1:, :1] * J[:, :1, 1:] / J[:, :1, :1]
-        scores = score_D(Curvature(prof), s2, kind)
+        scores = score_D(curvature(prof), s2, weight)
         g = np.concatenate(
             [
                 G.swapaxes(-1, -2).reshape(len(ii), -1) @ dups[k]
@@ -285,7 +273,7 @@ def _initial_D(products: Products, re: RandomEffects) -> list[NDArray]:
     v = products.n_voxels
     zero = [np.zeros((v, qk, qk)) for qk in re.n_raneffs]
     prof = profile(products, re, zero, reml=False)
-    steps = _step(prof, prof.sigma2, "SFS", "V")[1]
+    steps = _step(prof, prof.sigma2, "SFS", Weight.V_INV)[1]
     return [psd_sqrt(np.nan_to_num(s))[0] for s in steps]
 
 
@@ -334,7 +322,7 @@ def fit(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    kind = "P" if reml else "V"
+    weight = Weight.of(reml)
     v, p = products.n_voxels, products.XtY.shape[1]
     status = _degenerate(products)
     ok = np.flatnonzero(status == Status.OK)
@@ -371,7 +359,7 @@ def fit(
         sq = [psd_sqrt(Dk[idx])[1] for Dk in D]
         prof = profile(sub, re, sq, reml)
         s2_now = sigma2[idx] if method in ("FS", "pFS") else prof.sigma2
-        d_s2, d_D, g_s2, g_D = _step(prof, s2_now, method, kind)
+        d_s2, d_D, g_s2, g_D = _step(prof, s2_now, method, weight)
         step = lam[idx]
         mode_now = mode[idx]
         grad = mode_now == GRADIENT
@@ -401,7 +389,7 @@ def fit(
         if fac.size:
             fprof = profile(sub.take(fac), re, [s_[fac] for s_ in sq], reml)
             Bs, dBs = _factor_step(
-                fprof, fprof.sigma2, [Dk[idx[fac]] for Dk in D], kind
+                fprof, fprof.sigma2, [Dk[idx[fac]] for Dk in D], weight
             )
             for k in range(re.r):
                 Bn = Bs[k] + step[fac, None, None] * np.nan_to_num(dBs[k])
@@ -430,9 +418,9 @@ def fit(
                 "iteration %d: %d of %d voxels still iterating", it, active.sum(), v
             )
     status[active] = Status.MAXNIT
-    _polish(products, re, D, np.flatnonzero(status == Status.OK), reml, kind)
+    _polish(products, re, D, np.flatnonzero(status == Status.OK), reml, weight)
 
-    good = np.isin(status, (Status.OK, Status.MAXNIT))
+    good = is_fitted(status)
     idx = np.flatnonzero(good)
     if idx.size:
         sub = products.take(idx)
@@ -443,7 +431,7 @@ def fit(
         llh[idx] = prof.llh(sigma2[idx])
         bad = ~(np.isfinite(llh[idx]) & np.isfinite(beta[idx]).all(1))
         status[idx[bad]] = Status.NOT_FINITE
-    dropped = ~np.isin(status, (Status.OK, Status.MAXNIT))
+    dropped = ~is_fitted(status)
     beta[dropped], sigma2[dropped], llh[dropped] = np.nan, np.nan, np.nan
     for Dk in D:
         Dk[dropped] = np.nan
@@ -456,29 +444,3 @@ def fit(
         dict(counts),
     )
     return FitResult(beta, sigma2, D, llh, nit, status, reml)
-
-
-def bytes_per_voxel(re: RandomEffects, p: int) -> int:
-    """Return the peak working memory of fit/infer per voxel, in bytes (float64).
-
-    Counts the arrays alive at once in the largest step (the information sums of
-    inference), from the layouts of :mod:`blmm_scripts.likelihood`; measured peaks
-    stay below it (benchmarks/).  A job's memory is then at most MAXMEM plus the
-    interpreter and libraries (about 150 MB) when chunks hold
-    ``MAXMEM // bytes_per_voxel`` voxels.
-    """
-    qk_max = max(re.n_raneffs)
-    if re.one_factor or re.bordered:
-        l0, q0 = re.n_levels[0], re.n_raneffs[0]
-        s = re.border if re.bordered else 0
-        m = s + p
-        floats = (
-            14 * l0 * q0 * q0  # Z'Z blocks, M, M^-1, G, Bv, C and temporaries
-            + 10 * l0 * q0 * m  # F, K, W, N, the border blocks of both kinds
-            + 8 * s * s
-            + 2 * q0 * q0 * m * m  # S and QS of the low-rank information term
-        )
-    else:
-        floats = 12 * re.q * re.q
-    floats += 6 * re.q * p + 4 * qk_max**4 * re.r**2 + 8 * p * p + 4 * (re.q + p)
-    return 8 * int(floats)

@@ -26,19 +26,22 @@ from scipy import special
 
 from blmm_scripts._linalg import psd_sqrt, solve_pd
 from blmm_scripts.likelihood import (
-    Curvature,
     Profile,
+    Weight,
+    curvature,
+    observed_information,
     profile,
     score_D,
-    vec_matrix,
 )
 from blmm_scripts.structure import (
+    F_STATISTICS,
+    T_STATISTICS,
     FitResult,
     Inference,
     Products,
     RandomEffects,
-    Status,
     duplication_matrix,
+    is_fitted,
     vech,
 )
 
@@ -92,36 +95,6 @@ def f_logsf(F: NDArray, df1: NDArray, df2: NDArray) -> NDArray:
     return out if out.ndim else out[()]
 
 
-def observed_information(prof: Profile, sigma2: NDArray) -> NDArray:
-    """Observed information of θ = (σ², vech D_1, ..., vech D_r), (v, 1+q_u, 1+q_u).
-
-    Minus the Hessian of the log-likelihood profiled over β (REML or ML as fitted);
-    formulas in :mod:`blmm_scripts.likelihood`.
-    """
-    re = prof.re
-    kind = "P" if prof.reml else "V"
-    curv = Curvature(prof)
-    dups = [duplication_matrix(qk) for qk in re.n_raneffs]
-    s2 = sigma2[:, None, None]
-    J_ss = -prof.n_eff / (2 * sigma2**2) + prof.S / sigma2**3
-    col = []
-    for k in range(re.r):
-        ss = curv.ss(k).swapaxes(-1, -2).reshape(len(sigma2), -1)
-        col.append(ss @ dups[k] / (2 * sigma2[:, None] ** 2))
-    rows = [
-        np.concatenate([J_ss[:, None, None], *[c[:, None, :] for c in col]], axis=2)
-    ]
-    for k1 in range(re.r):
-        row = [col[k1][:, :, None]]
-        for k2 in range(re.r):
-            T = curv.trace_term(k1, k2, kind)
-            U = curv.data_term(k1, k2)
-            J = vec_matrix(-0.5 * T + U / s2[..., None, None])
-            row.append(dups[k1].T @ J @ dups[k2])
-        rows.append(np.concatenate(row, axis=2))
-    return np.concatenate(rows, axis=1)
-
-
 def _variance_gradient(
     prof: Profile, sigma2: NDArray, L: NDArray
 ) -> tuple[NDArray, NDArray]:
@@ -170,14 +143,15 @@ def cholesky_coordinates(
     Σ_ab (dl/dD_ab) d²D_ab/dθ dθ', because the score in D is not zero there, and
     the columns of L that are zero (θ on its bound) drop out of the problem.
 
-    Returns T (v, 1+q_u, 1+q_u) with d vech D = T dθ, C (v, 1+q_u, 1+q_u) the
-    curvature term, and held (v, 1+q_u) True for the parameters of zero columns.
+    Returns the Jacobian jac (v, 1+q_u, 1+q_u) with d vech D = jac dθ, the curvature
+    term C (v, 1+q_u, 1+q_u), and held (v, 1+q_u), True for the parameters of zero
+    columns.
     """
     v = D[0].shape[0]
     size = 1 + re.q_u
-    T = np.zeros((v, size, size))
+    jac = np.zeros((v, size, size))
     C = np.zeros((v, size, size))
-    T[:, 0, 0] = 1.0
+    jac[:, 0, 0] = 1.0
     held = np.zeros((v, size), dtype=bool)
     o = 1
     for Dk, Gk, qk, w in zip(D, scores, re.n_raneffs, re.n_vech, strict=True):
@@ -188,13 +162,13 @@ def cholesky_coordinates(
             dD = np.zeros((v, qk, qk))
             dD[:, r, :] += L[:, :, c]
             dD[:, :, r] += L[:, :, c]
-            T[:, o : o + w, o + m] = vech(dD)
+            jac[:, o : o + w, o + m] = vech(dD)
             held[:, o + m] = ~np.any(L[:, :, c] != 0, axis=-1)
             for m2, (r2, c2) in enumerate(zip(rows, cols, strict=True)):
                 if c2 == c:  # d²D/dL[r,c] dL[r2,c] = e_r e_r2' + e_r2 e_r'
                     C[:, o + m, o + m2] = 2 * Gk[:, r, r2]
         o += w
-    return T, C, held
+    return jac, C, held
 
 
 def satterthwaite(
@@ -202,13 +176,13 @@ def satterthwaite(
 ) -> NDArray:
     """Satterthwaite df of contrast rows L (v, p), given the observed information J.
 
-    face : (T, held) from :func:`cholesky_coordinates`; J is then already in those
+    face : (jac, held) from :func:`cholesky_coordinates`; J is then already in those
     coordinates, with the held parameters' rows and columns set to the identity.
     """
     var, g = _variance_gradient(prof, sigma2, L)
     if face is not None:
-        T, held = face
-        g = np.where(held, 0.0, np.einsum("vji,vj->vi", T, g))
+        jac, held = face
+        g = np.where(held, 0.0, np.einsum("vji,vj->vi", jac, g))
     with np.errstate(divide="ignore", invalid="ignore"):
         denom = np.einsum("vi,vi->v", g, solve_pd(J, g))
         return np.where(denom > 0, 2 * var**2 / denom, np.nan)
@@ -267,23 +241,10 @@ def infer(
                 f"contrast {c.tolist()} has {c.shape[-1]} columns, X has {p}"
             )
     nt, nf = len(tcons), len(fcons)
-    out = {
-        name: np.full(shape, np.nan)
-        for name, shape in [
-            ("covB", (v, p, p)),
-            ("resms", (v,)),
-            ("con", (v, nt)),
-            ("conSE", (v, nt)),
-            ("conT", (v, nt)),
-            ("conT_swedf", (v, nt)),
-            ("conTlp", (v, nt)),
-            ("conF", (v, nf)),
-            ("conF_swedf", (v, nf)),
-            ("conFlp", (v, nf)),
-            ("conR2", (v, nf)),
-        ]
-    }
-    idx = np.flatnonzero(np.isin(fit_result.status, (Status.OK, Status.MAXNIT)))
+    out = {"covB": np.full((v, p, p), np.nan), "resms": np.full(v, np.nan)}
+    out |= {name: np.full((v, nt), np.nan) for name in T_STATISTICS}
+    out |= {name: np.full((v, nf), np.nan) for name in F_STATISTICS}
+    idx = np.flatnonzero(is_fitted(fit_result.status))
     if idx.size == 0:
         return Inference(**out)
     sub = products.take(idx)
@@ -300,12 +261,10 @@ def infer(
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         out["resms"][idx] = ete / (sub.n - p)
-    kind = "P" if fit_result.reml else "V"
-    curv = Curvature(prof)
-    scores = score_D(curv, sigma2, kind)
-    T, C, held = cholesky_coordinates([Dk[idx] for Dk in fit_result.D], scores, re)
-    face = (T, held)
-    J = T.swapaxes(-1, -2) @ observed_information(prof, sigma2) @ T - C
+    scores = score_D(curvature(prof), sigma2, Weight.of(fit_result.reml))
+    jac, C, held = cholesky_coordinates([Dk[idx] for Dk in fit_result.D], scores, re)
+    face = (jac, held)
+    J = jac.swapaxes(-1, -2) @ observed_information(prof, sigma2) @ jac - C
     J = np.where(held[:, :, None] | held[:, None, :], 0.0, J)
     J = J + np.einsum("vi,ij->vij", held.astype(float), np.eye(J.shape[-1]))
     for i, c in enumerate(tcons):

@@ -7,7 +7,6 @@ half-written map behind.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import yaml
 from numpy.typing import NDArray
 
@@ -171,14 +171,23 @@ def open_npy(path: Path) -> NDArray:
     return np.load(path, mmap_mode="r")
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write a JSON document."""
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+def csr_arrays(M: sp.csr_matrix) -> dict[str, NDArray]:
+    """Return a boolean sparse matrix (the missing images) as named arrays."""
+    M = sp.csr_matrix(M)
+    return {
+        "missing_indices": M.indices.astype(np.int64),
+        "missing_indptr": M.indptr.astype(np.int64),
+        "missing_shape": np.asarray(M.shape),
+    }
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON document."""
-    return json.loads(Path(path).read_text())
+def csr_from(arrays: dict[str, NDArray]) -> sp.csr_matrix:
+    """Inverse of :func:`csr_arrays`."""
+    indices = arrays["missing_indices"]
+    return sp.csr_matrix(
+        (np.ones(indices.size, dtype=bool), indices, arrays["missing_indptr"]),
+        shape=tuple(int(s) for s in arrays["missing_shape"]),
+    )
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> None:

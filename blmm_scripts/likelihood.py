@@ -25,6 +25,7 @@ lmerTest differentiates (numerically) for its Satterthwaite degrees of freedom.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from functools import cached_property
 
 import numpy as np
@@ -37,9 +38,21 @@ from blmm_scripts._linalg import (
     woodbury,
     ztz_apply,
 )
-from blmm_scripts.structure import Products, RandomEffects
+from blmm_scripts.structure import Products, RandomEffects, duplication_matrix
 
 LOG_2PI = np.log(2.0 * np.pi)
+
+
+class Weight(Enum):
+    """The matrix A of the blocks R = Z'AZ: V^-1 (ML) or the REML projection P."""
+
+    V_INV = "V"
+    P = "P"
+
+    @classmethod
+    def of(cls, reml: bool) -> Weight:
+        """Return the weight of the likelihood that is maximised (REML or ML)."""
+        return cls.P if reml else cls.V_INV
 
 
 @dataclass(frozen=True)
@@ -152,7 +165,7 @@ def _low_rank_trace(Bv: NDArray, C: NDArray, W: NDArray, Q: NDArray) -> NDArray:
     """T for R = blockdiag(Bv_j) - W Q W' (W_j the level rows of W), via level sums.
 
     T = Σ_j Bv⊗Bv - Σ_j (Bv⊗C + C⊗Bv) + tr(Q S_cd Q S_ab), S_xy = Σ_j W_j[x] W_j[y]',
-    C_j = W_j Q W_j'; index order as in :meth:`_BlockCurvature.trace_term`.
+    C_j = W_j Q W_j'; index order as in :meth:`BlockCurvature.trace_term`.
     """
     cross = level_sum(Bv, Bv) - level_sum(Bv, C) - level_sum(C, Bv)
     S = level_sum(W, W).transpose(0, 1, 3, 2, 4)  # (v, x, y, m, n)
@@ -168,7 +181,7 @@ def _low_rank_data(sb: NDArray, Bv: NDArray, W: NDArray, Q: NDArray) -> NDArray:
     return U - np.einsum("vabm,vmn,vdcn->vabcd", E, Q, E)
 
 
-class _BlockCurvature:
+class BlockCurvature:
     """Sums over level pairs of the Z'AZ blocks that scores and informations need.
 
     One random factor uses the block-diagonal Z'V^-1 Z plus the rank-p REML
@@ -223,22 +236,22 @@ class _BlockCurvature:
         sk = self._s(k)
         return level_sum(sk, sk)
 
-    def diag_sum(self, k: int, kind: str) -> NDArray:
-        """Σ_j R_jj of factor k, R = Z'V^-1 Z (kind "V") or Z'PZ (kind "P")."""
+    def diag_sum(self, k: int, weight: Weight) -> NDArray:
+        """Σ_j R_jj of factor k, R = Z'V^-1 Z (V_INV) or Z'PZ (P)."""
         if self.re.one_factor:
             out = self.Bv.sum(1)
             out = np.broadcast_to(out, (self.v, *out.shape[1:]))
-            return out - self.C.sum(1) if kind == "P" else out
-        R = self.Rp if kind == "P" else self.Rv
+            return out - self.C.sum(1) if weight is Weight.P else out
+        R = self.Rp if weight is Weight.P else self.Rv
         return np.einsum("vjajb->vab", self._dense_block(R, k, k))
 
-    def trace_term(self, k1: int, k2: int, kind: str) -> NDArray:
+    def trace_term(self, k1: int, k2: int, weight: Weight) -> NDArray:
         """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d] for factors k1, k2."""
         if self.re.one_factor:
-            if kind == "P":
+            if weight is Weight.P:
                 return _low_rank_trace(self.Bv, self.C, self.Fb, self.prof.H)
             return level_sum(self.Bv, self.Bv).transpose(0, 3, 1, 2, 4)
-        R = self.Rp if kind == "P" else self.Rv
+        R = self.Rp if weight is Weight.P else self.Rv
         R12 = _pairs(self._dense_block(R, k1, k2))
         return level_sum(R12, R12).transpose(0, 3, 1, 2, 4)
 
@@ -250,8 +263,8 @@ class _BlockCurvature:
         return _dense_data_term(self._s(k1), P12, self._s(k2))
 
 
-class _BorderedCurvature(_BlockCurvature):
-    """The sums of :class:`_BlockCurvature` for the bordered layout.
+class BorderedCurvature(BlockCurvature):
+    """The sums of :class:`BlockCurvature` for the bordered layout.
 
     Z'AZ is the first factor's block-diagonal part minus a low-rank part, plus a
     dense border: with K = Z'Z Λ E (q x s, see _linalg._woodbury_bordered),
@@ -282,34 +295,37 @@ class _BorderedCurvature(_BlockCurvature):
         p = prof.H.shape[-1]
         Q = np.zeros((v, s + p, s + p))
         Q[:, :s, :s], Q[:, s:, s:] = wood.Sinv, prof.H
-        self.low = {"V": (K, wood.Sinv), "P": (np.concatenate([K, prof.F], 2), Q)}
+        self.low = {
+            Weight.V_INV: (K, wood.Sinv),
+            Weight.P: (np.concatenate([K, prof.F], 2), Q),
+        }
         self.dense = {}
-        for kind, (W, Qk) in self.low.items():
+        for weight, (W, Qk) in self.low.items():
             WQ = W @ Qk
             R0s = N - WQ[:, :w] @ np.swapaxes(W[:, w:], -1, -2)
             Rss = Css - WQ[:, w:] @ np.swapaxes(W[:, w:], -1, -2)
-            self.dense[kind] = (R0s, Rss)
-        self._Cs: dict[str, NDArray] = {}
+            self.dense[weight] = (R0s, Rss)
+        self._Cs: dict[Weight, NDArray] = {}
         self.Bv = np.broadcast_to(self.Bv, (v, *self.Bv.shape[1:]))
 
-    def _W(self, kind: str) -> tuple[NDArray, NDArray]:
+    def _W(self, weight: Weight) -> tuple[NDArray, NDArray]:
         """Return the first factor's rows of W as (v, l, q0, m), and Q."""
-        W, Q = self.low[kind]
+        W, Q = self.low[weight]
         l0, q0 = self.re.n_levels[0], self.re.n_raneffs[0]
         return W[:, : self.w].reshape(self.v, l0, q0, -1), Q
 
-    def _C(self, kind: str) -> NDArray:
+    def _C(self, weight: Weight) -> NDArray:
         """Per-level diagonal blocks W_j Q W_j' of the low-rank part, (v, l, q0, q0)."""
-        if kind not in self._Cs:
-            W, Q = self._W(kind)
+        if weight not in self._Cs:
+            W, Q = self._W(weight)
             WQ = W @ Q[:, None]
-            self._Cs[kind] = (WQ[..., :, None, :] * W[..., None, :, :]).sum(-1)
-        return self._Cs[kind]
+            self._Cs[weight] = (WQ[..., :, None, :] * W[..., None, :, :]).sum(-1)
+        return self._Cs[weight]
 
-    def _cross(self, k1: int, k2: int, kind: str) -> NDArray:
+    def _cross(self, k1: int, k2: int, weight: Weight) -> NDArray:
         """Dense block (v, l1, q1, l2, q2) of Z'AZ for a pair involving the border."""
         re, w = self.re, self.w
-        R0s, Rss = self.dense[kind]
+        R0s, Rss = self.dense[weight]
         if k1 == 0:
             o2 = re.offsets[k2] - w
             cols = slice(o2, o2 + re.n_levels[k2] * re.n_raneffs[k2])
@@ -321,7 +337,7 @@ class _BorderedCurvature(_BlockCurvature):
                 re.n_raneffs[k2],
             )
         if k2 == 0:
-            return self._cross(0, k1, kind).transpose(0, 3, 4, 1, 2)
+            return self._cross(0, k1, weight).transpose(0, 3, 4, 1, 2)
         o1, o2 = re.offsets[k1] - w, re.offsets[k2] - w
         rows = slice(o1, o1 + re.n_levels[k1] * re.n_raneffs[k1])
         cols = slice(o2, o2 + re.n_levels[k2] * re.n_raneffs[k2])
@@ -329,42 +345,122 @@ class _BorderedCurvature(_BlockCurvature):
             self.v, re.n_levels[k1], re.n_raneffs[k1], re.n_levels[k2], re.n_raneffs[k2]
         )
 
-    def diag_sum(self, k: int, kind: str) -> NDArray:
-        """Σ_j R_jj of factor k, R = Z'V^-1 Z (kind "V") or Z'PZ (kind "P")."""
+    def diag_sum(self, k: int, weight: Weight) -> NDArray:
+        """Σ_j R_jj of factor k, R = Z'V^-1 Z (V_INV) or Z'PZ (P)."""
         if k > 0:
-            return np.einsum("vjajb->vab", self._cross(k, k, kind))
-        return self.Bv.sum(1) - self._C(kind).sum(1)
+            return np.einsum("vjajb->vab", self._cross(k, k, weight))
+        return self.Bv.sum(1) - self._C(weight).sum(1)
 
-    def trace_term(self, k1: int, k2: int, kind: str) -> NDArray:
+    def trace_term(self, k1: int, k2: int, weight: Weight) -> NDArray:
         """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d] for factors k1, k2."""
         if k1 > 0 or k2 > 0:
-            R12 = _pairs(self._cross(k1, k2, kind))
+            R12 = _pairs(self._cross(k1, k2, weight))
             return level_sum(R12, R12).transpose(0, 3, 1, 2, 4)
-        W, Q = self._W(kind)
-        return _low_rank_trace(self.Bv, self._C(kind), W, Q)
+        W, Q = self._W(weight)
+        return _low_rank_trace(self.Bv, self._C(weight), W, Q)
 
     def data_term(self, k1: int, k2: int) -> NDArray:
         """U[v,a,b,c,d] = Σ_ij s_i[a] P_ij[b,c] s_j[d] for factors k1, k2."""
         if k1 > 0 or k2 > 0:
-            P12 = self._cross(k1, k2, "P")
+            P12 = self._cross(k1, k2, Weight.P)
             return _dense_data_term(self._s(k1), P12, self._s(k2))
-        W, Q = self._W("P")
+        W, Q = self._W(Weight.P)
         return _low_rank_data(self._s(0), self.Bv, W, Q)
 
 
-def score_D(curv: _BlockCurvature, sigma2: NDArray, kind: str) -> list[NDArray]:
+def score_D(curv: BlockCurvature, sigma2: NDArray, weight: Weight) -> list[NDArray]:
     """Return dl/dD_k of every factor as symmetric (v, q_k, q_k) matrices.
 
-    1/2 (σ^-2 Σ_j s_j s_j' - Σ_j R_jj), R = Z'V^-1 Z (kind "V", ML) or Z'PZ ("P", REML).
+    1/2 (σ^-2 Σ_j s_j s_j' - Σ_j R_jj), R = Z'V^-1 Z (ML) or Z'PZ (REML).
     """
     return [
-        0.5 * (curv.ss(k) / sigma2[:, None, None] - curv.diag_sum(k, kind))
+        0.5 * (curv.ss(k) / sigma2[:, None, None] - curv.diag_sum(k, weight))
         for k in range(curv.re.r)
     ]
 
 
-def Curvature(prof: Profile) -> _BlockCurvature:
+def curvature(prof: Profile) -> BlockCurvature:
     """Return the level-pair sums of `prof` for its Z'Z layout."""
     if prof.re.bordered:
-        return _BorderedCurvature(prof)
-    return _BlockCurvature(prof)
+        return BorderedCurvature(prof)
+    return BlockCurvature(prof)
+
+
+def expected_information(
+    curv: BlockCurvature, k1: int, k2: int, weight: Weight, pseudo: bool
+) -> NDArray:
+    """Return the expected information of (vec D_k1, vec D_k2), true or pseudo form."""
+    T = curv.trace_term(k1, k2, weight)
+    if pseudo:
+        T = T.swapaxes(3, 4)  # Σ R_ij[b,d] R_ij[a,c], i.e. Σ R_ij ⊗ R_ij
+    return 0.5 * vec_matrix(T)
+
+
+def profiled_information(
+    curv: BlockCurvature, k: int, sigma2: NDArray, weight: Weight, pseudo: bool
+) -> NDArray:
+    """Return the information of vec D_k with σ² profiled out (vec form).
+
+    The Schur complement I_DD - I_Ds I_ss^-1 I_sD; BLMM used I_DD, a shorter step.
+    """
+    info = expected_information(curv, k, k, weight, pseudo)
+    Dk_sum = curv.diag_sum(k, weight)
+    c = Dk_sum.swapaxes(-1, -2).reshape(Dk_sum.shape[0], -1) / (2 * sigma2[:, None])
+    I_ss = curv.prof.n_eff / (2 * sigma2**2)
+    return info - c[:, :, None] * c[:, None, :] / I_ss[:, None, None]
+
+
+def observed_information(prof: Profile, sigma2: NDArray) -> NDArray:
+    """Observed information of θ = (σ², vech D_1, ..., vech D_r), (v, 1+q_u, 1+q_u).
+
+    Minus the Hessian of the log-likelihood profiled over β (REML or ML as fitted);
+    formulas in this module's docstring.
+    """
+    re = prof.re
+    weight = Weight.of(prof.reml)
+    curv = curvature(prof)
+    dups = [duplication_matrix(qk) for qk in re.n_raneffs]
+    s2 = sigma2[:, None, None]
+    J_ss = -prof.n_eff / (2 * sigma2**2) + prof.S / sigma2**3
+    col = []
+    for k in range(re.r):
+        ss = curv.ss(k).swapaxes(-1, -2).reshape(len(sigma2), -1)
+        col.append(ss @ dups[k] / (2 * sigma2[:, None] ** 2))
+    rows = [
+        np.concatenate([J_ss[:, None, None], *[c[:, None, :] for c in col]], axis=2)
+    ]
+    for k1 in range(re.r):
+        row = [col[k1][:, :, None]]
+        for k2 in range(re.r):
+            T = curv.trace_term(k1, k2, weight)
+            U = curv.data_term(k1, k2)
+            J = vec_matrix(-0.5 * T + U / s2[..., None, None])
+            row.append(dups[k1].T @ J @ dups[k2])
+        rows.append(np.concatenate(row, axis=2))
+    return np.concatenate(rows, axis=1)
+
+
+def bytes_per_voxel(re: RandomEffects, p: int) -> int:
+    """Return the peak working memory of fit/infer per voxel, in bytes (float64).
+
+    Counts the arrays alive at once in the largest step (the information sums of
+    inference), from the layouts of :mod:`blmm_scripts.likelihood`; measured peaks
+    stay below it (benchmarks/).  A job's memory is then at most MAXMEM plus the
+    interpreter and libraries (about 150 MB) when chunks hold
+    ``MAXMEM // bytes_per_voxel`` voxels.
+    """
+    qk_max = max(re.n_raneffs)
+    if re.one_factor or re.bordered:
+        l0, q0 = re.n_levels[0], re.n_raneffs[0]
+        s = re.border if re.bordered else 0
+        m = s + p
+        floats = (
+            14 * l0 * q0 * q0  # Z'Z blocks, M, M^-1, G, Bv, C and temporaries
+            + 10 * l0 * q0 * m  # F, K, W, N, the border blocks of both kinds
+            + 8 * s * s
+            + 2 * q0 * q0 * m * m  # S and QS of the low-rank information term
+        )
+    else:
+        floats = 12 * re.q * re.q
+    floats += 6 * re.q * p + 4 * qk_max**4 * re.r**2 + 8 * p * p + 4 * (re.q + p)
+    return 8 * int(floats)

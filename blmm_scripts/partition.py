@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blmm_scripts.estimation import bytes_per_voxel
+from blmm_scripts.likelihood import bytes_per_voxel
 from blmm_scripts.structure import RandomEffects
 
 
@@ -48,7 +48,7 @@ def image_batches(n_images: int, batch_size: int) -> list[tuple[int, int]]:
 def voxel_bytes(p: int, re: RandomEffects) -> int:
     """Return the bytes one voxel needs during estimation and inference.
 
-    The engine's own bound (:func:`blmm_scripts.estimation.bytes_per_voxel`), so
+    The engine's own bound (:func:`blmm_scripts.likelihood.bytes_per_voxel`), so
     that a job holds at most MAXMEM of voxel data plus the interpreter.
     """
     return bytes_per_voxel(re, p)
@@ -109,13 +109,10 @@ class Plan:
         Rows of the image list per batch job.
     voxel_batches : tuple of (start, stop)
         Positions in the analysis-mask voxel list per voxel-batch job.
-    chunk : int
-        Voxels per fit/infer call inside a job.
     """
 
     image_batches: tuple[tuple[int, int], ...]
     voxel_batches: tuple[tuple[int, int], ...]
-    chunk: int
 
     @property
     def batch_ids(self) -> list[str]:
@@ -155,7 +152,5 @@ def make_plan(
     size = image_batch_size(maxmem, n_grid_voxels, p)
     nvb = n_voxel_batches(n_voxels, maxmem, p, re, maxnvb)
     return Plan(
-        tuple(image_batches(n_images, size)),
-        tuple(voxel_batches(n_voxels, nvb)),
-        voxel_chunk(maxmem, p, re),
+        tuple(image_batches(n_images, size)), tuple(voxel_batches(n_voxels, nvb))
     )

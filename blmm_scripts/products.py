@@ -5,87 +5,25 @@ only X'X, X'Z, Z'Z (the design, shared by all voxels where every image is presen
 and X'Y, Z'Y, Y'Y (per voxel).  Missing images are excluded by zeroing their data
 (so X'Y, Z'Y, Y'Y need no masking) and, for the design products of a "ring" voxel,
 by subtracting the missing images' outer products from the full-design products
-(Maullin-Sapey & Nichols 2022, section 2.3; DESIGN.md section 3):
+(Maullin-Sapey & Nichols 2022, section 2.3):
 
     X'X_v = X'X - sum over missing i of x_i x_i'   (likewise X'Z_v, Z'Z_v).
 
-With one random factor Z'Z is block diagonal and only its l diagonal q0 x q0 blocks
-are stored; with several factors it is stored dense (see structure.py).
+Z'Z is stored in the layout :class:`~blmm_scripts.structure.RandomEffects` chooses:
+the l diagonal q0 x q0 blocks of a single factor; the first factor's blocks plus a
+dense border when the first of several factors is the largest; dense otherwise.
+The data products of a batch of images are made in :mod:`blmm_scripts.batching`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from blmm_scripts.structure import Factor, RandomEffects, build_Z
-
-
-@dataclass(frozen=True)
-class ChunkProducts:
-    """Data products of one chunk of images over a set of voxels.
-
-    XtY (n_voxels, p); ZtY (n_voxels, k) for the k columns of Z that the chunk's
-    images touch, ZtY_columns (k,) their indices into Z; YtY (n_voxels,).
-    """
-
-    XtY: NDArray[np.float64]
-    ZtY: NDArray[np.float64]
-    ZtY_columns: NDArray[np.intp]
-    YtY: NDArray[np.float64]
-
-
-def _zt_blocks(factors: Sequence[Factor], rows: NDArray[np.intp]) -> NDArray:
-    """Return Z restricted to `rows`, shape (len(rows), q), dense."""
-    sub = [Factor(f.codes[rows], f.design[rows], f.n_levels, f.name) for f in factors]
-    return build_Z(sub)
-
-
-def chunk_products(
-    X: NDArray[np.float64],
-    factors: Sequence[Factor],
-    rows: NDArray[np.intp],
-    Y: NDArray[np.float64],
-) -> ChunkProducts:
-    """Return X'Y, Z'Y and Y'Y of one chunk of images.
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_images, p)
-        The whole design; `rows` selects the chunk.
-    factors : sequence of Factor
-    rows : ndarray of shape (n_b,), dtype int
-        Image indices of the chunk.
-    Y : ndarray of shape (n_b, n_voxels)
-        Data of the chunk's images, 0 where an image is missing at a voxel.
-    """
-    rows = np.asarray(rows, dtype=np.intp)
-    if Y.shape[0] != len(rows):
-        raise ValueError(f"Y has {Y.shape[0]} rows for a chunk of {len(rows)} images")
-    Xb = X[rows]
-    Zb = _zt_blocks(factors, rows)
-    columns = np.flatnonzero(np.any(Zb != 0, axis=0))
-    return ChunkProducts(
-        XtY=Y.T @ Xb,
-        ZtY=Y.T @ Zb[:, columns],
-        ZtY_columns=columns,
-        YtY=np.einsum("iv,iv->v", Y, Y),
-    )
-
-
-def ztz_layout(ZtZ: NDArray[np.float64], re: RandomEffects) -> NDArray[np.float64]:
-    """Convert dense Z'Z stacks (m, q, q) to the layout `re` uses."""
-    if re.bordered:
-        return re.pack_ztz(ZtZ)
-    if not re.one_factor:
-        return ZtZ
-    l0, q0 = re.n_levels[0], re.n_raneffs[0]
-    blocks = ZtZ.reshape(ZtZ.shape[0], l0, q0, l0, q0)
-    return np.einsum("mjajb->mjab", blocks)
 
 
 def design_products(

@@ -99,19 +99,10 @@ def make_study(
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     n = n_subjects * visits
-    subject = np.repeat(np.arange(1, n_subjects + 1), visits)
-    t = np.tile(np.arange(visits, dtype=float), n_subjects) + rng.uniform(-0.2, 0.2, n)
-    age = np.repeat(rng.normal(0.0, 1.0, n_subjects), visits)
-    group = np.repeat(np.arange(n_subjects) % 2, visits).astype(float)  # balanced
-    X = np.column_stack([np.ones(n), t, age, group])
-    Z_design = np.column_stack([np.ones(n), t]) if random_slope else np.ones((n, 1))
-
-    grid = np.stack(
-        np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), axis=-1
-    )
-    radius = np.sqrt((grid**2).sum(axis=-1))
-    brain = radius < 0.95
-    analysis_mask = (radius < 1.05).astype(np.uint8)
+    subject, X, Z_design = _design(rng, n_subjects, visits, random_slope)
+    t = X[:, 1]
+    grid, analysis_mask = _grid(shape)
+    brain = np.sqrt((grid**2).sum(axis=-1)) < 0.95
     blob = np.sqrt(((grid - 0.4) ** 2).sum(axis=-1)) < 0.45
     beta = np.zeros((*shape, 4))
     beta[..., 0] = 100.0
@@ -134,13 +125,47 @@ def make_study(
     for i in np.flatnonzero(partial):
         data_masks[i, :, :, shape[2] - cut[i] :] = 0
 
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    affine[:3, 3] = -np.array(shape) + 1.0
     names = tuple(
         f"sub-{s:02d}_ses-{v + 1}"
         for s, v in zip(subject, np.tile(np.arange(visits), n_subjects), strict=True)
     )
-    return Study(Y, data_masks, analysis_mask, X, subject, Z_design, affine, names)
+    return Study(
+        Y, data_masks, analysis_mask, X, subject, Z_design, _affine(shape), names
+    )
+
+
+def _design(
+    rng: np.random.Generator, n_subjects: int, visits: int, random_slope: bool
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """Return subject labels, X and the random-effect design: the first draws of rng.
+
+    The study's images are drawn from the same generator afterwards, so the design
+    alone (:func:`planned_inputs`) needs only these draws.
+    """
+    n = n_subjects * visits
+    subject = np.repeat(np.arange(1, n_subjects + 1), visits)
+    t = np.tile(np.arange(visits, dtype=float), n_subjects) + rng.uniform(-0.2, 0.2, n)
+    age = np.repeat(rng.normal(0.0, 1.0, n_subjects), visits)
+    group = np.repeat(np.arange(n_subjects) % 2, visits).astype(float)  # balanced
+    X = np.column_stack([np.ones(n), t, age, group])
+    Z_design = np.column_stack([np.ones(n), t]) if random_slope else np.ones((n, 1))
+    return subject, X, Z_design
+
+
+def _grid(shape: tuple[int, ...]) -> tuple[NDArray[np.float64], NDArray[np.uint8]]:
+    """Return voxel coordinates in [-1, 1]^3 (shape + (3,)) and the analysis mask."""
+    grid = np.stack(
+        np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"), axis=-1
+    )
+    radius = np.sqrt((grid**2).sum(axis=-1))
+    return grid, (radius < 1.05).astype(np.uint8)
+
+
+def _affine(shape: tuple[int, ...]) -> NDArray[np.float64]:
+    """Return the images' affine: 2 mm voxels, centred."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -np.array(shape) + 1.0
+    return affine
 
 
 def study_files(outdir: Path, n_subjects: int = 40, visits: int = 3) -> dict[str, Path]:
@@ -165,24 +190,20 @@ def study_files(outdir: Path, n_subjects: int = 40, visits: int = 3) -> dict[str
     return files
 
 
-def planned_inputs(
-    settings: Settings,
-    folder: str,
-    seed: int = 2024,
-    n_subjects: int = 40,
-    visits: int = 3,
-    shape: tuple[int, int, int] = (10, 12, 10),
-) -> Inputs:
-    """Return the inputs the ``simulate`` rule will write, without writing them.
+def planned_inputs(settings: Settings) -> Inputs:
+    """Return the inputs the ``simulate`` rule will write, without simulating.
 
-    Lets ``snakemake -n`` list every job of the example before the study exists.
+    The design (X, the subject factor), the grid, the affine and the analysis mask
+    follow from the simulation's parameters (``settings.simulate``) alone, so
+    ``snakemake -n`` lists every job of the example before the study exists.
 
     Raises
     ------
     ConfigError
         If the config's paths are not the files the simulation writes.
     """
-    files = study_files(Path(folder).absolute(), n_subjects, visits)
+    sim = settings.simulate
+    files = study_files(sim.folder, sim.n_subjects, sim.visits)
     problems = [
         f"{key}: with 'simulate', must be {files[key]} (got {value})"
         for key, value in (
@@ -198,19 +219,21 @@ def planned_inputs(
             problems.append(f"Z f{k}: with 'simulate', must use the simulated files")
     if problems:
         raise ConfigError(problems)
-    study = make_study(n_subjects, visits, shape, seed)
+    rng = np.random.default_rng(sim.seed)
+    subject, X, Z_design = _design(rng, sim.n_subjects, sim.visits, True)
+    _, analysis_mask = _grid(sim.shape)
     images = tuple(v for k, v in files.items() if k.startswith("image "))
     masks = tuple(v for k, v in files.items() if k.startswith("mask "))
     return Inputs(
         images=images,
         data_masks=masks if settings.data_mask_files is not None else None,
-        shape=study.shape,
-        affine=study.affine,
-        X=study.X,
-        factors=(study.factor,),
-        n_voxels=int(np.count_nonzero(study.analysis_mask))
+        shape=tuple(sim.shape),
+        affine=_affine(sim.shape),
+        X=X,
+        factors=(Factor.from_labels(subject, Z_design, "subject"),),
+        n_voxels=int(np.count_nonzero(analysis_mask))
         if settings.analysis_mask is not None
-        else int(np.prod(study.shape)),
+        else int(np.prod(sim.shape)),
     )
 
 

@@ -5,7 +5,7 @@ voxels (voxel axis first).  Design products (X'X, Z'X, Z'Z) have a leading axis 
 length 1 when they are shared by every voxel of the stack ("inner" voxels, where all
 images are present) and of length n_voxels otherwise ("ring" voxels).
 
-Z'Z is stored in one of two layouts, chosen by :class:`RandomEffects`:
+Z'Z is stored in one of three layouts, chosen by :class:`RandomEffects`:
 
 * one random factor: its diagonal blocks only, shape (m, l, q0, q0), because Z'Z is
   block diagonal (each image belongs to exactly one level);
@@ -16,7 +16,7 @@ Z'Z is stored in one of two layouts, chosen by :class:`RandomEffects`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
 
@@ -37,6 +37,21 @@ class Status(IntEnum):
     RANK_DEFICIENT = 3  # X'X of the images present at the voxel is singular
     NO_VARIANCE = 4  # residuals are zero (e.g. constant data): nothing to estimate
     NOT_FINITE = 5  # the likelihood or an estimate became NaN or infinite
+
+
+#: Statuses of the voxels that have estimates and stay in the final mask.
+FITTED = (int(Status.OK), int(Status.MAXNIT))
+
+
+def is_fitted(status: NDArray[np.integer]) -> NDArray[np.bool_]:
+    """Return where a voxel has estimates (status OK or MAXNIT)."""
+    return np.isin(status, FITTED)
+
+
+#: Statistics of each T contrast and of each F contrast, one map each, in the
+#: order the maps are written (``blmm_vox_<name>``).
+T_STATISTICS = ("con", "conSE", "conT", "conTlp", "conT_swedf")
+F_STATISTICS = ("conF", "conFlp", "conF_swedf", "conR2")
 
 
 @dataclass(frozen=True)
@@ -269,11 +284,6 @@ class Products:
         """Number of voxels in the stack."""
         return self.YtY.shape[0]
 
-    @property
-    def shared(self) -> bool:
-        """True when the design products are shared by all voxels."""
-        return self.XtX.shape[0] == 1
-
     def take(self, index: NDArray) -> Products:
         """Return the products of a subset of voxels (index into the voxel axis)."""
 
@@ -335,4 +345,3 @@ class Inference:
     conF_swedf: NDArray[np.float64]
     conFlp: NDArray[np.float64]
     conR2: NDArray[np.float64]
-    extra: dict = field(default_factory=dict)

@@ -12,11 +12,7 @@ rule batch:
         masks=batch_masks,
         design=work("setup/design.npz"),
     output:
-        XtY=temp(work("batch/{b}/XtY.npy")),
-        ZtY=temp(work("batch/{b}/ZtY.npy")),
-        ZtY_columns=temp(work("batch/{b}/ZtY_columns.npy")),
-        YtY=temp(work("batch/{b}/YtY.npy")),
-        n=temp(work("batch/{b}/n.npy")),
+        **{name: temp(work(f"batch/{{b}}/{name}.npy")) for name in BATCH_ARRAYS},
         missing=temp(work("batch/{b}/missing.npz")),
     log:
         work("logs/batch/{b}.log"),
@@ -26,9 +22,9 @@ rule batch:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     params:
-        rows=batch_rows,
+        rows=image_range,
         thresh=SETTINGS.data_mask_thresh,
     script:
         "../blmm_scripts/workflow/batch.py"

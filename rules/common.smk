@@ -11,14 +11,20 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from blmm_scripts import config as blmm_config
+from blmm_scripts.batching import BATCH_ARRAYS
+from blmm_scripts.maps import map_names
 from blmm_scripts.partition import job_mem_mb, make_plan
-from blmm_scripts.pipeline import map_names
+from blmm_scripts.simulate import planned_inputs
 
 validate(config, schema="../config/config.schema.yaml")
 # Jobs spawned by Snakemake re-parse this file; only the main process reads the
-# header of every image (thousands of files on a big study).
+# header of every image (thousands of files on a big study).  The example's
+# study is planned from its simulation parameters until it is written.
 SETTINGS, INPUTS = blmm_config.load(
-    config, Path.cwd(), check_images=workflow.is_main_process
+    config,
+    Path.cwd(),
+    check_images=workflow.is_main_process,
+    planned=planned_inputs,
 )
 PLAN = make_plan(
     SETTINGS.MAXMEM,
@@ -34,6 +40,11 @@ N_F = len(SETTINGS.contrasts) - N_T
 MAPS = map_names(N_T, N_F, SETTINGS.output_cov_b, SETTINGS.resms)
 # Memory of one job: MAXMEM plus the interpreter and libraries (documented in README).
 MEM_MB = job_mem_mb(SETTINGS.MAXMEM)
+
+
+def job_mem(wildcards, attempt):
+    """Return a job's mem_mb: MEM_MB, times the attempt (a retry gets more)."""
+    return MEM_MB * attempt
 
 
 def as_relative(path):
@@ -73,14 +84,14 @@ wildcard_constraints:
     j=r"\d{4}\d*",
 
 
-def batch_rows(wildcards):
+def image_range(wildcards):
     """Return (start, stop) of image batch b in the image list."""
     return PLAN.image_batches[int(wildcards.b)]
 
 
 def batch_images(wildcards):
     """Return the images of image batch b."""
-    start, stop = batch_rows(wildcards)
+    start, stop = image_range(wildcards)
     return [as_relative(p) for p in INPUTS.images[start:stop]]
 
 
@@ -88,16 +99,13 @@ def batch_masks(wildcards):
     """Return the data masks of image batch b (none without data_mask_files)."""
     if INPUTS.data_masks is None:
         return []
-    start, stop = batch_rows(wildcards)
+    start, stop = image_range(wildcards)
     return [as_relative(p) for p in INPUTS.data_masks[start:stop]]
 
 
 def voxel_range(wildcards):
     """Return (start, stop) of voxel batch j in the analysis-mask voxel list."""
     return PLAN.voxel_batches[int(wildcards.j)]
-
-
-BATCH_ARRAYS = ("XtY.npy", "ZtY.npy", "ZtY_columns.npy", "YtY.npy", "n.npy")
 
 
 def all_batches(name):

@@ -13,16 +13,17 @@ cannot exist, named so that Snakemake's "missing input" error says what to do.
 
 from blmm_scripts import compare as blmm_compare
 
-COMPARE_SMALL = config.get("compare_small")
-COMPARE_LARGE = config.get("compare_large")
-COMPARE_OUT = config.get("compare_out", "results/compare")
+COMPARE_OUT = as_relative(SETTINGS.compare_out)
 COMPARE_INPUTS = (
     {
         f"{which}_{name}": path
-        for which, folder in (("small", COMPARE_SMALL), ("large", COMPARE_LARGE))
-        for name, path in blmm_compare.analysis_files(folder).items()
+        for which, folder in (
+            ("small", SETTINGS.compare_small),
+            ("large", SETTINGS.compare_large),
+        )
+        for name, path in blmm_compare.analysis_files(as_relative(folder)).items()
     }
-    if COMPARE_SMALL and COMPARE_LARGE
+    if SETTINGS.compare_small and SETTINGS.compare_large
     else {"missing": "(give --config compare_small=DIR compare_large=DIR)"}
 )
 
@@ -43,6 +44,6 @@ rule compare:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     script:
         "../blmm_scripts/workflow/compare.py"

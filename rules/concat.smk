@@ -9,11 +9,7 @@ OUTPUT  <outdir>/work/vox/<j>/products.npz: X'Y, Z'Y, Y'Y, n and the missing ima
 rule concat:
     """Sufficient statistics of one voxel batch."""
     input:
-        XtY=all_batches("XtY.npy"),
-        ZtY=all_batches("ZtY.npy"),
-        ZtY_columns=all_batches("ZtY_columns.npy"),
-        YtY=all_batches("YtY.npy"),
-        n=all_batches("n.npy"),
+        **{name: all_batches(f"{name}.npy") for name in BATCH_ARRAYS},
         missing=all_batches("missing.npz"),
         design=work("setup/design.npz"),
     output:
@@ -26,7 +22,7 @@ rule concat:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     params:
         voxels=voxel_range,
         image_batches=PLAN.image_batches,

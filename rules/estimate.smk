@@ -20,7 +20,7 @@ rule estimate:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     params:
         min_percent=SETTINGS.min_percent,
         min_n=SETTINGS.min_n,

@@ -10,7 +10,7 @@ FDR_FILES = (
         for stat, count in (("T", N_T), ("F", N_F))
         if count
     ]
-    if config.get("fdr", False)
+    if SETTINGS.fdr
     else []
 )
 
@@ -32,6 +32,6 @@ rule fdr:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     script:
         "../blmm_scripts/workflow/fdr.py"

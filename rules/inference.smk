@@ -21,7 +21,7 @@ rule inference:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     params:
         contrasts=[{"name": c.name, "L": c.L.tolist()} for c in SETTINGS.contrasts],
         two_sided=SETTINGS.two_sided,

@@ -24,7 +24,7 @@ rule maps:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     params:
         maps=MAPS,
         resolved=resolved_config(),

@@ -25,7 +25,7 @@ REPORT_FILES = (
     [f"{REPORT_DIR}/contrast_{con}.png" for con in REPORT_CONTRASTS]
     + [f"{REPORT_DIR}/map_{name}.png" for name in REPORT_MAPS]
     + [f"{REPORT_DIR}/summary.html", f"{REPORT_DIR}/summary.tsv"]
-    if config.get("report", False)
+    if SETTINGS.report
     else []
 )
 
@@ -57,7 +57,7 @@ rule report_contrast:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     params:
         contrasts=REPORT_CONTRASTS,
         threshold=REPORT_THRESHOLD,
@@ -87,7 +87,7 @@ rule report_maps:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     params:
         titles=REPORT_MAPS,
     script:
@@ -125,7 +125,7 @@ rule report_summary:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     params:
         n_images=INPUTS.n_images,
         benchmarks=work("benchmarks"),

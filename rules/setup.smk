@@ -1,6 +1,6 @@
 """Setup: the design (X, factors) and the analysis-mask voxel list, once.
 
-OUTPUT  <outdir>/work/setup/design.npz, <outdir>/work/setup/plan.json
+OUTPUT  <outdir>/work/setup/design.npz
 """
 
 
@@ -11,7 +11,6 @@ rule setup:
         first_image=as_relative(INPUTS.images[0]),
     output:
         design=work("setup/design.npz"),
-        plan=work("setup/plan.json"),
     log:
         work("logs/setup.log"),
     benchmark:
@@ -20,7 +19,7 @@ rule setup:
         "../envs/blmm.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: MEM_MB * attempt,
+        mem_mb=job_mem,
     params:
         names=[spec.name for spec in SETTINGS.factors],
     script:

@@ -5,7 +5,7 @@ Only active when the config has a `simulate` key (the default config/config.yaml
 
 from blmm_scripts.simulate import study_files
 
-if config.get("simulate"):
+if SETTINGS.simulate:
 
     rule simulate:
         """Simulate the example longitudinal study from its seed."""
@@ -13,9 +13,9 @@ if config.get("simulate"):
             [
                 as_relative(p)
                 for p in study_files(
-                    Path(config["simulate"]["folder"]).absolute(),
-                    config["simulate"]["n_subjects"],
-                    config["simulate"]["visits"],
+                    SETTINGS.simulate.folder,
+                    SETTINGS.simulate.n_subjects,
+                    SETTINGS.simulate.visits,
                 ).values()
             ],
         log:
@@ -24,6 +24,10 @@ if config.get("simulate"):
             "../envs/blmm.yaml"
         threads: 1
         params:
-            settings=config["simulate"],
+            folder=as_relative(SETTINGS.simulate.folder),
+            seed=SETTINGS.simulate.seed,
+            n_subjects=SETTINGS.simulate.n_subjects,
+            visits=SETTINGS.simulate.visits,
+            shape=list(SETTINGS.simulate.shape),
         script:
             "../blmm_scripts/workflow/simulate.py"

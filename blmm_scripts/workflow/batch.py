@@ -1,10 +1,14 @@
-"""Snakemake adapter for rule batch; the work is in blmm_scripts.pipeline."""
+"""Snakemake adapter for rule batch.
+
+The work: blmm_scripts.batching.read_batch_data and .batch_products.
+"""
 
 from typing import TYPE_CHECKING
 
 from blmm_scripts import io
 from blmm_scripts._logging import log_to_file
-from blmm_scripts.pipeline import Design, batch_products, read_batch_data
+from blmm_scripts.batching import BATCH_ARRAYS, batch_products, read_batch_data
+from blmm_scripts.design import Design
 
 if TYPE_CHECKING:  # stub for linters and IDEs only
     from snakemake.iocontainers import snakemake
@@ -19,6 +23,6 @@ with log_to_file(snakemake.log[0]):
         design.X, design.factors, tuple(snakemake.params.rows), Y, is_missing
     )
     arrays = part.to_arrays()
-    for name in ("XtY", "ZtY", "ZtY_columns", "YtY", "n"):
+    for name in BATCH_ARRAYS:
         io.save_array(snakemake.output[name], arrays.pop(name))
     io.save_arrays(snakemake.output.missing, **arrays)

@@ -1,4 +1,7 @@
-"""Snakemake adapter for rule compare; the work is in blmm_scripts.compare."""
+"""Snakemake adapter for rule compare.
+
+The work: blmm_scripts.compare.check_nested and .compare_voxels.
+"""
 
 import logging
 from pathlib import Path

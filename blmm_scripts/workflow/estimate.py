@@ -1,17 +1,17 @@
-"""Snakemake adapter for rule estimate; the work is in blmm_scripts.pipeline."""
+"""Snakemake adapter for rule estimate.
+
+The work: blmm_scripts.voxelwise.estimate_voxels (the engine:
+blmm_scripts.estimation.fit).
+"""
 
 from typing import TYPE_CHECKING
 
 from blmm_scripts import io
 from blmm_scripts._logging import log_to_file
+from blmm_scripts.batching import VoxelStats
+from blmm_scripts.design import Design
 from blmm_scripts.partition import chunk_for_job
-from blmm_scripts.pipeline import (
-    Design,
-    Rules,
-    VoxelStats,
-    estimate_voxels,
-    fit_arrays,
-)
+from blmm_scripts.voxelwise import MissingnessRules, estimate_voxels, fit_arrays
 
 if TYPE_CHECKING:  # stub for linters and IDEs only
     from snakemake.iocontainers import snakemake
@@ -24,7 +24,7 @@ with log_to_file(snakemake.log[0]):
         stats,
         design.X,
         design.factors,
-        Rules(par.min_percent, par.min_n, par.safe_mode),
+        MissingnessRules(par.min_percent, par.min_n, par.safe_mode),
         method=par.method,
         reml=par.reml,
         tol=par.tol,

@@ -1,4 +1,7 @@
-"""Snakemake adapter for rule fdr; the work is in blmm_scripts.fdr."""
+"""Snakemake adapter for rule fdr.
+
+The work: blmm_scripts.fdr.fdr_map.
+"""
 
 from typing import TYPE_CHECKING
 

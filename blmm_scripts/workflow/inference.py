@@ -1,4 +1,8 @@
-"""Snakemake adapter for rule inference; the work is in blmm_scripts.pipeline."""
+"""Snakemake adapter for rule inference.
+
+The work: blmm_scripts.voxelwise.infer_voxels (the engine:
+blmm_scripts.inference.infer).
+"""
 
 from typing import TYPE_CHECKING
 
@@ -6,9 +10,11 @@ import numpy as np
 
 from blmm_scripts import io
 from blmm_scripts._logging import log_to_file
+from blmm_scripts.batching import VoxelStats
 from blmm_scripts.config import Contrast
+from blmm_scripts.design import Design
 from blmm_scripts.partition import chunk_for_job
-from blmm_scripts.pipeline import Design, VoxelStats, fit_from, infer_voxels
+from blmm_scripts.voxelwise import fit_from, infer_voxels
 
 if TYPE_CHECKING:  # stub for linters and IDEs only
     from snakemake.iocontainers import snakemake

@@ -1,10 +1,14 @@
-"""Snakemake adapter for rule maps; the work is in blmm_scripts.pipeline."""
+"""Snakemake adapter for rule maps.
+
+The work: blmm_scripts.maps.assemble_maps; files written by blmm_scripts.io.save_map.
+"""
 
 from typing import TYPE_CHECKING
 
 from blmm_scripts import io
 from blmm_scripts._logging import log_to_file
-from blmm_scripts.pipeline import Design, assemble_maps
+from blmm_scripts.design import Design
+from blmm_scripts.maps import assemble_maps
 
 if TYPE_CHECKING:  # stub for linters and IDEs only
     from snakemake.iocontainers import snakemake

@@ -1,4 +1,7 @@
-"""Snakemake adapter for rule report_contrast; the work is in blmm_scripts.report."""
+"""Snakemake adapter for rule report_contrast.
+
+The work: blmm_scripts.report.plot_contrast.
+"""
 
 import logging
 from typing import TYPE_CHECKING

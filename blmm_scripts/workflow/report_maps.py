@@ -1,4 +1,7 @@
-"""Snakemake adapter for rule report_maps; the work is in blmm_scripts.report."""
+"""Snakemake adapter for rule report_maps.
+
+The work: blmm_scripts.report.plot_mosaic.
+"""
 
 from typing import TYPE_CHECKING
 

@@ -1,4 +1,7 @@
-"""Snakemake adapter for rule report_summary; the work is in blmm_scripts.report."""
+"""Snakemake adapter for rule report_summary.
+
+The work: blmm_scripts.report.run_summary and .summary_html.
+"""
 
 from pathlib import Path
 from typing import TYPE_CHECKING

@@ -1,10 +1,13 @@
-"""Snakemake adapter for rule setup: design.npz and plan.json."""
+"""Snakemake adapter for rule setup: design.npz.
+
+The work: blmm_scripts.design.read_design.
+"""
 
 from typing import TYPE_CHECKING
 
 from blmm_scripts import io
 from blmm_scripts._logging import log_to_file
-from blmm_scripts.pipeline import read_design
+from blmm_scripts.design import read_design
 
 if TYPE_CHECKING:  # stub for linters and IDEs only
     from snakemake.iocontainers import snakemake
@@ -20,4 +23,3 @@ with log_to_file(snakemake.log[0]):
         inp.first_image,
     )
     io.save_arrays(snakemake.output.design, **design.to_arrays())
-    io.write_json(snakemake.output.plan, design.summary())

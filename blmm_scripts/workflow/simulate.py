@@ -1,4 +1,7 @@
-"""Snakemake adapter for rule simulate; the work is in blmm_scripts.simulate."""
+"""Snakemake adapter for rule simulate.
+
+The work: blmm_scripts.simulate.simulate_study.
+"""
 
 from typing import TYPE_CHECKING
 
@@ -9,7 +12,5 @@ if TYPE_CHECKING:  # stub for linters and IDEs only
     from snakemake.iocontainers import snakemake
 
 with log_to_file(snakemake.log[0]):
-    s = snakemake.params.settings
-    simulate_study(
-        s["folder"], s["n_subjects"], s["visits"], tuple(s["shape"]), s["seed"]
-    )
+    par = snakemake.params
+    simulate_study(par.folder, par.n_subjects, par.visits, tuple(par.shape), par.seed)

@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from blmm_scripts.config import (
-    ConfigError,
-    check_inputs,
-    parse_fraction,
-    parse_int_expr,
-    parse_settings,
-    parse_vector,
-)
+from blmm_scripts.config import ConfigError, check_inputs, parse_settings
 from blmm_scripts.config import load as load_config
+from blmm_scripts.values import parse_fraction, parse_int_expr, parse_vector
 
 
 def load(config_path: Path) -> dict:

@@ -28,9 +28,10 @@ def test_planned_inputs_equal_written_inputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config_path = simulate_study("ex", seed=3, **SMALL)
     config = yaml.safe_load(config_path.read_text())
+    config["simulate"] = {"folder": "ex", "seed": 3, **SMALL}
     settings = parse_settings(config, tmp_path)
     written = check_inputs(settings)
-    planned = planned_inputs(settings, "ex", seed=3, **SMALL)
+    planned = planned_inputs(settings)
     assert planned.images == written.images
     assert planned.data_masks == written.data_masks
     assert (planned.shape, planned.n_voxels) == (written.shape, written.n_voxels)

@@ -1,0 +1,215 @@
+"""Estimate and inference of one voxel batch: the engine applied to its statistics.
+
+Voxels are fitted in chunks (at most ``chunk`` per call, sized from the job's
+memory), inner voxels (every image present) sharing the full design's products and
+ring voxels getting theirs from the missing images
+(:func:`blmm_scripts.products.ring_design_products`).  ``fit.npz`` holds a batch's
+estimates (:func:`fit_arrays`, :func:`fit_from`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from blmm_scripts.batching import VoxelStats
+from blmm_scripts.config import Contrast
+from blmm_scripts.estimation import fit
+from blmm_scripts.inference import MINLOG, infer
+from blmm_scripts.masks import keep_voxels, observed_raneffs
+from blmm_scripts.products import design_products, ring_design_products
+from blmm_scripts.structure import (
+    F_STATISTICS,
+    T_STATISTICS,
+    Factor,
+    FitResult,
+    Products,
+    RandomEffects,
+    Status,
+    is_fitted,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MissingnessRules:
+    """Which voxels are fitted, by their images present (:func:`masks.keep_voxels`)."""
+
+    min_percent: float | None = None
+    min_n: float | None = None
+    safe_mode: bool = True
+
+
+def _groups(
+    stats: VoxelStats,
+    X: NDArray[np.float64],
+    factors: Sequence[Factor],
+    select: NDArray[np.bool_],
+    chunk: int,
+) -> Iterator[tuple[NDArray[np.intp], Products]]:
+    """Yield (voxel positions, Products) for the selected voxels, inner then ring.
+
+    Inner voxels (every image present) share the full design's products; ring
+    voxels get theirs from :func:`ring_design_products`.  At most ``chunk`` voxels
+    per item.
+    """
+    n_images = X.shape[0]
+    inner = np.flatnonzero(select & (stats.n == n_images))
+    ring = np.flatnonzero(select & (stats.n < n_images))
+    if inner.size:
+        XtX, ZtX, ZtZ = design_products(X, list(factors))
+        for idx in np.array_split(inner, -(-inner.size // chunk)):
+            yield idx, _products(stats, idx, XtX, ZtX, ZtZ)
+    for idx in np.array_split(ring, -(-ring.size // chunk)) if ring.size else []:
+        XtX, ZtX, ZtZ = ring_design_products(X, list(factors), stats.missing[idx])
+        yield idx, _products(stats, idx, XtX, ZtX, ZtZ)
+
+
+def _products(stats: VoxelStats, idx: NDArray[np.intp], XtX, ZtX, ZtZ) -> Products:
+    """Bundle design products with the data products of some voxels."""
+    return Products(
+        XtX,
+        ZtX,
+        ZtZ,
+        stats.XtY[idx],
+        stats.ZtY[idx],
+        stats.YtY[idx],
+        stats.n[idx].astype(np.float64),
+    )
+
+
+def estimate_voxels(
+    stats: VoxelStats,
+    X: NDArray[np.float64],
+    factors: Sequence[Factor],
+    rules: MissingnessRules,
+    *,
+    method: str = "pSFS",
+    reml: bool = True,
+    tol: float = 1e-6,
+    maxnit: int = 10000,
+    chunk: int = 10000,
+) -> FitResult:
+    """Apply the missingness rules and fit the model at every voxel of a batch.
+
+    Returns
+    -------
+    FitResult
+        For every voxel of the batch; voxels dropped by the rules have status
+        OUTSIDE and zero estimates.
+    """
+    n_images, p = X.shape
+    re = RandomEffects.of(list(factors))
+    q_obs = observed_raneffs(stats.missing, factors)
+    keep = keep_voxels(
+        stats.n,
+        n_images,
+        p,
+        q_obs,
+        min_percent=rules.min_percent,
+        min_n=rules.min_n,
+        safe_mode=rules.safe_mode,
+    )
+    v = stats.n.size
+    beta = np.zeros((v, p))
+    sigma2 = np.zeros(v)
+    D = [np.zeros((v, qk, qk)) for qk in re.n_raneffs]
+    llh = np.zeros(v)
+    nit = np.zeros(v, dtype=np.int64)
+    status = np.full(v, int(Status.OUTSIDE), dtype=np.int64)
+    done = 0
+    for idx, products in _groups(stats, X, factors, keep, chunk):
+        res = fit(products, re, method=method, reml=reml, tol=tol, maxnit=maxnit)
+        beta[idx], sigma2[idx], llh[idx] = res.beta, res.sigma2, res.llh
+        nit[idx], status[idx] = res.nit, res.status
+        for Dk, Rk in zip(D, res.D, strict=True):
+            Dk[idx] = Rk
+        done += idx.size
+        logger.info("fitted %d of %d voxels", done, int(keep.sum()))
+    counts = {Status(s).name: int((status == s).sum()) for s in np.unique(status)}
+    logger.info("status counts: %s", counts)
+    return FitResult(beta, sigma2, D, llh, nit, status, reml)
+
+
+def infer_voxels(
+    stats: VoxelStats,
+    X: NDArray[np.float64],
+    factors: Sequence[Factor],
+    fitted: FitResult,
+    contrasts: Sequence[Contrast],
+    *,
+    two_sided: bool = False,
+    minlog: float = MINLOG,
+    chunk: int = 10000,
+) -> dict[str, NDArray[np.float64]]:
+    """Return every statistic of a voxel batch (zero where a voxel has no fit).
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``covB`` (v, p, p), ``resms`` (v,), the :data:`T_STATISTICS` (v, n_t) and
+        the :data:`F_STATISTICS` (v, n_f).
+    """
+    re = RandomEffects.of(list(factors))
+    v, p = fitted.beta.shape
+    n_t = sum(not c.is_f for c in contrasts)
+    n_f = len(contrasts) - n_t
+    out = {"covB": np.zeros((v, p, p)), "resms": np.zeros(v)}
+    for name in T_STATISTICS:
+        out[name] = np.zeros((v, n_t))
+    for name in F_STATISTICS:
+        out[name] = np.zeros((v, n_f))
+    ok = is_fitted(fitted.status)
+    Ls = [c.L for c in contrasts]
+    for idx, products in _groups(stats, X, factors, ok, chunk):
+        sub = FitResult(
+            fitted.beta[idx],
+            fitted.sigma2[idx],
+            [Dk[idx] for Dk in fitted.D],
+            fitted.llh[idx],
+            fitted.nit[idx],
+            fitted.status[idx],
+            fitted.reml,
+        )
+        res = infer(products, re, sub, Ls, two_sided=two_sided, minlog=minlog)
+        for name in out:
+            out[name][idx] = getattr(res, name)
+    logger.info("inference done for %d voxels", int(ok.sum()))
+    return out
+
+
+def fit_arrays(fitted: FitResult, n: NDArray[np.int32]) -> dict[str, NDArray]:
+    """Return a fit and the image counts as named arrays (for ``fit.npz``)."""
+    out = {
+        "beta": fitted.beta,
+        "sigma2": fitted.sigma2,
+        "llh": fitted.llh,
+        "nit": fitted.nit,
+        "status": fitted.status,
+        "reml": np.asarray(fitted.reml),
+        "n": n,
+    }
+    out.update({f"D_{k}": Dk for k, Dk in enumerate(fitted.D)})
+    return out
+
+
+def fit_from(arrays: dict[str, NDArray]) -> tuple[FitResult, NDArray[np.int32]]:
+    """Inverse of :func:`fit_arrays`."""
+    D = []
+    while f"D_{len(D)}" in arrays:
+        D.append(arrays[f"D_{len(D)}"])
+    fitted = FitResult(
+        arrays["beta"],
+        arrays["sigma2"],
+        D,
+        arrays["llh"],
+        arrays["nit"],
+        arrays["status"],
+        bool(arrays["reml"]),
+    )
+    return fitted, arrays["n"]
