@@ -100,12 +100,12 @@ def flops_per_iteration(
 ) -> dict:
     """Dominant flops (2 per multiply-add) of one pSFS REML iteration at one voxel.
 
-    One iteration = profile at the current D + Curvature and scoring step + profile at
+    One iteration = profile at the current D + curvature and scoring step + profile at
     the new D (estimation.fit).  Lower-order terms (O(l) scalar operations, the
     eigh of q0 x q0 blocks, O(p^3)) are left out.
 
     One factor, l levels, q0 effects (likelihood.profile / _linalg.woodbury /
-    likelihood.Curvature, block layout):
+    likelihood.curvature, block layout):
       profile  P = 8 l q0^3 (M = I + Λ Z'Z Λ, G = Λ M^-1 Λ; 4 l for q0 = 1)
                  + 2 l q0^2 p (G Z'X) + 2 l q0 p^2 (X'Z G Z'X) + 2 l q0^2 + 2 l q0 p + 2 l q0
       step     C = 4 l q0^3 (Z'V^-1 Z blocks) + 4 l q0^2 p (F, F_j H F_j') + 2 l q0 p^2 (H F')
@@ -146,7 +146,7 @@ def flops_per_iteration(
         formula = "2P + C, P = 8 nl q0^3 + 2 nl q0^2 p + 2 nl q0 p^2 + ..., C = 6 nl q0^4 + 4 nl q0^3 + 2 nl q0^2 p^2 + ..."
     elif bordered:
         # First factor's nl q0 x q0 blocks plus a dense border of s columns (factors
-        # 2..r): likelihood._BorderedCurvature, _linalg._woodbury_bordered.
+        # 2..r): likelihood.BorderedCurvature, _linalg._woodbury_bordered.
         nl, q0 = levels[0], raneffs[0]
         s = sum(lk * qk for lk, qk in zip(levels[1:], raneffs[1:], strict=False))
         w, m = nl * q0, s + p

@@ -19,22 +19,33 @@ vech       column-wise lower triangle incl. diagonal (D map order)
 n_v        images present at voxel v
 =========  ===========================================================
 
-Modules: ``config`` (read and check a BLMM config), ``io`` (files), ``partition``
-(image and voxel batches), ``masks`` (missing data, analysis mask), ``products``,
-``estimation``, ``inference`` (the engine), ``pipeline`` (the stages and a direct
-in-memory run), ``simulate`` (the example study).  Stacks of per-voxel arrays put
-the voxel axis first.
+Modules (the README's "Map of the house" gives one line each): the config
+(``config``, ``values``), the plan (``partition``), the stages (``design``,
+``batching``, ``voxelwise``, ``maps``, and ``pipeline``, all of them in one
+process), the engine (``structure``, ``products``, ``_linalg``, ``likelihood``,
+``estimation``, ``inference``), the data (``io``, ``masks``), the extras
+(``compare``, ``fdr``, ``report``) and the example (``simulate``).  Stacks of
+per-voxel arrays put the voxel axis first.
 """
 
 __all__ = [
+    "batching",
+    "compare",
     "config",
+    "design",
     "estimation",
+    "fdr",
     "inference",
     "io",
+    "likelihood",
+    "maps",
     "masks",
     "partition",
     "pipeline",
     "products",
+    "report",
     "simulate",
     "structure",
+    "values",
+    "voxelwise",
 ]

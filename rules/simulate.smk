@@ -24,10 +24,14 @@ if SETTINGS.simulate:
             "../envs/blmm.yaml"
         threads: 1
         params:
-            folder=as_relative(SETTINGS.simulate.folder),
-            seed=SETTINGS.simulate.seed,
-            n_subjects=SETTINGS.simulate.n_subjects,
-            visits=SETTINGS.simulate.visits,
-            shape=list(SETTINGS.simulate.shape),
+            # one mapping, as the config writes it (the folder is where the
+            # study goes, not a prefix of files read elsewhere)
+            simulation={
+                "folder": as_relative(SETTINGS.simulate.folder),
+                "seed": SETTINGS.simulate.seed,
+                "n_subjects": SETTINGS.simulate.n_subjects,
+                "visits": SETTINGS.simulate.visits,
+                "shape": list(SETTINGS.simulate.shape),
+            },
         script:
             "../blmm_scripts/workflow/simulate.py"

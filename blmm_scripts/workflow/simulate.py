@@ -12,5 +12,11 @@ if TYPE_CHECKING:  # stub for linters and IDEs only
     from snakemake.iocontainers import snakemake
 
 with log_to_file(snakemake.log[0]):
-    par = snakemake.params
-    simulate_study(par.folder, par.n_subjects, par.visits, tuple(par.shape), par.seed)
+    sim = snakemake.params.simulation
+    simulate_study(
+        sim["folder"],
+        sim["n_subjects"],
+        sim["visits"],
+        tuple(sim["shape"]),
+        sim["seed"],
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,103 @@ def test_rulegraph_renders(profile, example):
     assert dot.lstrip().startswith("digraph")
     for rule in ("setup", "batch", "concat", "estimate", "inference", "maps"):
         assert f'label = "{rule}"' in dot, rule
+
+
+def install_profiles(home: Path, env: dict) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run profiles/install.sh with HOME and XDG_CONFIG_HOME under home.
+
+    Returns the environment it installed into and the installer's result.
+    """
+    env = {**env, "HOME": str(home), "XDG_CONFIG_HOME": str(home / "xdg")}
+    result = subprocess.run(
+        ["bash", str(REPO / "profiles" / "install.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    return env, result
+
+
+@pytest.fixture(scope="module")
+def installed_env(tmp_path_factory, no_scheduler_env) -> dict:
+    """Return the no-scheduler environment with both profiles installed by name."""
+    env, result = install_profiles(tmp_path_factory.mktemp("home"), no_scheduler_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return env
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_installed_profile_by_name(profile, installed_env):
+    """After profiles/install.sh, `snakemake --profile <name> -n` plans the analysis.
+
+    Run exactly as a user types it, from the repository root (the example config).
+    """
+    result = subprocess.run(
+        ["snakemake", "--profile", profile, "-n"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=installed_env,
+        check=False,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert f"Using profiles {profile} and workflow specific profile" in out
+    # The Job stats table plans the voxel batches' estimation.
+    assert re.search(r"^estimate\s+[1-9]\d*$", out, re.MULTILINE), out[-3000:]
+    # A link, not a copy: the installed profile is the repository's folder.
+    linked = Path(installed_env["XDG_CONFIG_HOME"]) / "snakemake" / profile
+    assert linked.is_symlink(), f"{linked} is not a symlink"
+    assert linked.resolve() == REPO / "profiles" / profile
+
+
+def test_installed_sge_status_script_resolves(installed_env, example):
+    """Through the installed link, from another directory, sge-status.sh is found.
+
+    Asked of the functions `snakemake --profile` itself uses to find a profile by
+    name and read its config.yaml, run from the example's directory.
+    """
+    code = (
+        "from snakemake.cli import get_profile_dir\n"
+        "from snakemake.profiles import ProfileConfigFileParser\n"
+        "folder, path = get_profile_dir('sge')\n"
+        "with open(path) as f:\n"
+        "    print(ProfileConfigFileParser().parse(f)['cluster-generic-status-cmd'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=example,
+        capture_output=True,
+        text=True,
+        env=installed_env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    status_cmd = Path(result.stdout.strip())
+    installed = Path(installed_env["XDG_CONFIG_HOME"]) / "snakemake" / "sge"
+    assert status_cmd == installed / "sge-status.sh"
+    assert status_cmd.resolve() == REPO / "profiles" / "sge" / "sge-status.sh"
+    assert os.access(status_cmd, os.X_OK)
+
+
+def test_install_is_idempotent_and_keeps_other_profiles(tmp_path, no_scheduler_env):
+    """A second run changes nothing; a profile folder of the same name is kept."""
+    _, first = install_profiles(tmp_path, no_scheduler_env)
+    _, again = install_profiles(tmp_path, no_scheduler_env)
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert again.stdout.count("already installed") == len(PROFILES)
+
+    other = tmp_path / "other"
+    own = other / "xdg" / "snakemake" / "sge"
+    own.mkdir(parents=True)
+    (own / "config.yaml").write_text("jobs: 1\n")
+    _, refused = install_profiles(other, no_scheduler_env)
+    assert refused.returncode != 0
+    assert f"{own} exists and is not a symlink" in refused.stderr
+    assert (own / "config.yaml").read_text() == "jobs: 1\n"
+    assert not own.is_symlink()
+    assert (other / "xdg" / "snakemake" / "slurm").is_symlink()
 
 
 def count_jobs(workdir: Path, *args: str, profile: str = "slurm") -> dict:

@@ -10,10 +10,11 @@ from scipy import stats
 from scipy.linalg import block_diag
 
 from blmm_scripts._linalg import psd_sqrt
-from blmm_scripts.estimation import METHODS, bytes_per_voxel, fit
+from blmm_scripts.batching import batch_products
+from blmm_scripts.estimation import METHODS, fit
 from blmm_scripts.inference import f_logsf, infer, t_logsf
-from blmm_scripts.likelihood import profile
-from blmm_scripts.products import chunk_products, design_products, ring_design_products
+from blmm_scripts.likelihood import bytes_per_voxel, profile
+from blmm_scripts.products import design_products, ring_design_products
 from blmm_scripts.structure import (
     Factor,
     Products,
@@ -21,6 +22,7 @@ from blmm_scripts.structure import (
     Status,
     build_Z,
     unvech,
+    vech,
 )
 
 # Model shapes: one factor with a random intercept (diagonal Z'Z), one factor with
@@ -116,13 +118,13 @@ def test_ring_products_equal_masked_design(shape, rng):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_chunk_products_sum_to_whole(shape, rng):
+def test_batch_products_sum_to_whole(shape, rng):
     """X'Y, Z'Y, Y'Y summed over image chunks equal those of all images at once."""
     X, factors, Y = make_study(shape, rng)
     Z = build_Z(factors)
     XtY, ZtY, YtY = np.zeros((Y.shape[1], 3)), np.zeros((Y.shape[1], Z.shape[1])), 0
     for rows in np.array_split(np.arange(len(X)), 4):
-        c = chunk_products(X, factors, rows, Y[rows])
+        c = batch_products(X, factors, (rows[0], rows[-1] + 1), Y[rows], Y[rows] == 0)
         XtY += c.XtY
         ZtY[:, c.ZtY_columns] += c.ZtY
         YtY = YtY + c.YtY
@@ -148,26 +150,47 @@ def test_llh_equals_dense_formula(shape, reml, missing, rng):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_estimates_are_a_maximum(shape, rng):
-    """No small move of σ² or D from the estimates raises the dense likelihood."""
+    """No small move of σ² or D from the estimates raises the dense likelihood.
+
+    Every voxel is checked with every trial, also where an estimate lies on the
+    boundary of the parameter space (D singular): each D_k = B B' is moved through
+    its factor, B -> B + E, so the trial (B + E)(B + E)' is positive semi-definite
+    by construction. Half the trials keep E in the column space of B (D keeps its
+    rank: a move along the boundary), half take any E (into the interior).
+    """
     X, factors, Y = make_study(shape, rng)
     prods, re = dense_products(X, factors, Y)
     res = fit(prods, re, tol=1e-12)
     Z = build_Z(factors)
+    n_trials = 20
     for v in range(Y.shape[1]):
-        theta = np.concatenate([[res.sigma2[v]], res.D_vech[v]])
-        best = dense_llh(X, Z, Y[:, v], theta[0], theta[1:], re, True)[0]
-        for _ in range(20):
-            trial = theta * (1 + 1e-3 * rng.normal(size=theta.size))
-            o, inside = 1, True
-            for qk, w in zip(re.n_raneffs, re.n_vech, strict=False):
-                inside &= np.linalg.eigvalsh(unvech(trial[o : o + w], qk)).min() >= 0
-                o += w
-            if not inside:  # stay inside the parameter space (D positive semi-definite)
-                continue
-            assert (
-                dense_llh(X, Z, Y[:, v], trial[0], trial[1:], re, True)[0]
-                <= best + 1e-9
-            )
+        best = dense_llh(X, Z, Y[:, v], res.sigma2[v], res.D_vech[v], re, True)[0]
+        # Symmetric square roots B (D_k = B B') and projectors onto their columns.
+        roots, onto_columns, o = [], [], 0
+        for qk, w in zip(re.n_raneffs, re.n_vech, strict=True):
+            lam, P = np.linalg.eigh(unvech(res.D_vech[v, o : o + w], qk))
+            lam = np.maximum(lam, 0.0)
+            roots.append(P @ np.diag(np.sqrt(lam)) @ P.T)
+            rank = lam > 1e-10 * max(lam.max(), 1.0)  # a zero comes back ~1e-17
+            onto_columns.append(P[:, rank] @ P[:, rank].T)
+            o += w
+        llh = []
+        for t in range(n_trials):
+            sigma2 = res.sigma2[v] * (1 + 1e-3 * rng.normal())
+            D_vech = []
+            for B, onto in zip(roots, onto_columns, strict=True):
+                # Steps of 1e-3 relative to B, at least 1e-3: D is in units of σ²,
+                # so D = 0 moves too.
+                E = 1e-3 * max(np.linalg.norm(B, 2), 1.0) * rng.normal(size=B.shape)
+                if t % 2 == 0:
+                    E = onto @ E
+                D_vech.append(vech((B + E) @ (B + E).T))
+            trial = np.concatenate(D_vech)
+            llh.append(dense_llh(X, Z, Y[:, v], sigma2, trial, re, True)[0])
+        # 1e-9: rounding of the n x n formula (|llh| ~ 150) and the fit's tolerance
+        # (1e-12); the trials here lose 8e-8 or more.
+        gain = max(llh) - best
+        assert gain <= 1e-9, f"voxel {v}: a trial raises the llh by {gain:.3g}"
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -7,8 +7,8 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from blmm_scripts.masks import missing
 from blmm_scripts.batching import batch_products, concat_batches
+from blmm_scripts.masks import missing
 from blmm_scripts.structure import Factor
 
 

@@ -256,62 +256,30 @@ def test_lint_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-WORKFLOW_RULES = [
-    f"rules/{name}.smk"
-    for name in (
-        "common",
-        "simulate",
-        "setup",
-        "batch",
-        "concat",
-        "estimate",
-        "inference",
-        "maps",
-    )
-]
+def run_ci_lint(*cmd: str) -> subprocess.CompletedProcess:
+    """Run one of .ci/run's lint commands, as written there, from the repository root.
+
+    The command must be a line of .ci/run, so `pytest` alone lints what CI lints.
+    """
+    ci_commands = {
+        line.strip() for line in (REPO / ".ci" / "run").read_text().split("\n")
+    }
+    assert " ".join(cmd) in ci_commands, f"`{' '.join(cmd)}` is not run by .ci/run"
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
 
 
 def test_snakefmt_clean():
-    """Snakefile and rules are snakefmt-formatted."""
-    result = subprocess.run(
-        ["snakefmt", "--check", "Snakefile", *WORKFLOW_RULES],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    """The Snakefile and every rule file are snakefmt-formatted (CI's check)."""
+    result = run_ci_lint("snakefmt", "--check", "Snakefile", "rules/")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
-WORKFLOW_PYTHON = [
-    "blmm_scripts/__init__.py",
-    "blmm_scripts/_logging.py",
-    "blmm_scripts/config.py",
-    "blmm_scripts/io.py",
-    "blmm_scripts/masks.py",
-    "blmm_scripts/partition.py",
-    "blmm_scripts/pipeline.py",
-    "blmm_scripts/simulate.py",
-    "blmm_scripts/workflow",
-    "tests/conftest.py",
-    "tests/tiny_study.py",
-    "tests/unit/test_config.py",
-    "tests/unit/test_io.py",
-    "tests/unit/test_masks.py",
-    "tests/unit/test_partition.py",
-    "tests/unit/test_pipeline.py",
-    "tests/unit/test_simulate.py",
-    "tests/workflow",
-]
-
-
-def test_ruff_clean():
-    """The workflow's Python (package I/O, adapters, their tests) passes ruff."""
-    result = subprocess.run(
-        ["ruff", "check", *WORKFLOW_PYTHON],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout
+@pytest.mark.parametrize(
+    "cmd",
+    [("ruff", "check", "."), ("ruff", "format", "--check", ".")],
+    ids=["check", "format"],
+)
+def test_ruff_clean(cmd):
+    """The whole tree passes ruff's lint and format checks (CI's checks)."""
+    result = run_ci_lint(*cmd)
+    assert result.returncode == 0, result.stdout + result.stderr
