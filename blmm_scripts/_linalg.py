@@ -195,11 +195,17 @@ def block_diag_factors(blocks: list[NDArray], re: RandomEffects) -> NDArray:
 
 
 def woodbury(
-    ZtZ: NDArray[np.float64], re: RandomEffects, sqrtD: list[NDArray]
+    ZtZ: NDArray[np.float64],
+    re: RandomEffects,
+    sqrtD: list[NDArray],
+    level_weight: NDArray[np.float64] | None = None,
 ) -> Woodbury:
     """Return the Woodbury quantities at D = sqrtD sqrtD' (per factor (v, q_k, q_k)).
 
     ZtZ : ndarray in the layout of `re`, leading axis 1 or v.
+    level_weight : ndarray (1 or v, l), optional
+        One factor only: the multiplicity of each level in log|V| (see
+        :class:`~blmm_scripts.structure.Products`).
     """
     if re.one_factor:
         Lam = sqrtD[0]
@@ -208,9 +214,14 @@ def woodbury(
             M = 1.0 + lam2 * ZtZ[..., 0, 0]  # (v, l)
             with np.errstate(divide="ignore", invalid="ignore"):
                 G = (lam2 / M)[..., None, None]
-                logdet = np.log(M).sum(-1)
+                logM = np.log(M)
+                if level_weight is not None:
+                    logM = logM * level_weight
+                logdet = logM.sum(-1)
             return Woodbury(re, G, logdet)
         G, logdet = _blocks_woodbury(ZtZ, Lam)
+        if level_weight is not None:
+            logdet = logdet * level_weight
         return Woodbury(re, G, logdet.sum(-1))
     if re.bordered:
         return _woodbury_bordered(ZtZ, re, sqrtD)

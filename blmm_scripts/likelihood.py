@@ -110,7 +110,7 @@ def profile(
 ) -> Profile:
     """Return the :class:`Profile` of a stack of voxels at D = sqrtD sqrtD'."""
     pr = products
-    wood = woodbury(pr.ZtZ, re, sqrtD)
+    wood = woodbury(pr.ZtZ, re, sqrtD, pr.level_weight)
     GZtX = wood.apply(pr.ZtX)
     GZtY = wood.apply(pr.ZtY[..., None])
     ZtXt = np.swapaxes(pr.ZtX, -1, -2)
@@ -161,13 +161,17 @@ def vec_matrix(T: NDArray[np.float64]) -> NDArray[np.float64]:
     return T.transpose(0, 2, 1, 4, 3).reshape(v, q1 * q1, q2 * q2)
 
 
-def _low_rank_trace(Bv: NDArray, C: NDArray, W: NDArray, Q: NDArray) -> NDArray:
+def _low_rank_trace(
+    Bv: NDArray, C: NDArray, W: NDArray, Q: NDArray, Bw: NDArray | None = None
+) -> NDArray:
     """T for R = blockdiag(Bv_j) - W Q W' (W_j the level rows of W), via level sums.
 
     T = Σ_j Bv⊗Bv - Σ_j (Bv⊗C + C⊗Bv) + tr(Q S_cd Q S_ab), S_xy = Σ_j W_j[x] W_j[y]',
-    C_j = W_j Q W_j'; index order as in :meth:`BlockCurvature.trace_term`.
+    C_j = W_j Q W_j'; index order as in :meth:`BlockCurvature.trace_term`.  Bw: Bv
+    times the level weights, for the one sum of Z'Z blocks alone (default Bv).
     """
-    cross = level_sum(Bv, Bv) - level_sum(Bv, C) - level_sum(C, Bv)
+    Bw = Bv if Bw is None else Bw
+    cross = level_sum(Bw, Bv) - level_sum(Bv, C) - level_sum(C, Bv)
     S = level_sum(W, W).transpose(0, 1, 3, 2, 4)  # (v, x, y, m, n)
     QS = Q[:, None, None] @ S
     return cross.transpose(0, 3, 1, 2, 4) + np.einsum("vcdij,vabji->vabcd", QS, QS)
@@ -200,6 +204,9 @@ class BlockCurvature:
             l0, q0 = self.re.n_levels[0], self.re.n_raneffs[0]
             # (v, l, q0, q0) blocks of Z'V^-1 Z
             self.Bv = ZtZ - small_matmul(small_matmul(ZtZ, G), ZtZ)
+            # and weighted by the levels' multiplicity, for the sums of Z'Z alone
+            w = prof.products.level_weight
+            self.Bw = self.Bv if w is None else self.Bv * w[..., None, None]
             self.Fb = prof.F.reshape(v, l0, q0, -1)
             self.sb = prof.s.reshape(v, l0, q0)
             HF = (prof.F @ np.swapaxes(prof.H, -1, -2)).reshape(self.Fb.shape)
@@ -239,7 +246,7 @@ class BlockCurvature:
     def diag_sum(self, k: int, weight: Weight) -> NDArray:
         """Σ_j R_jj of factor k, R = Z'V^-1 Z (V_INV) or Z'PZ (P)."""
         if self.re.one_factor:
-            out = self.Bv.sum(1)
+            out = self.Bw.sum(1)
             out = np.broadcast_to(out, (self.v, *out.shape[1:]))
             return out - self.C.sum(1) if weight is Weight.P else out
         R = self.Rp if weight is Weight.P else self.Rv
@@ -249,8 +256,10 @@ class BlockCurvature:
         """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d] for factors k1, k2."""
         if self.re.one_factor:
             if weight is Weight.P:
-                return _low_rank_trace(self.Bv, self.C, self.Fb, self.prof.H)
-            return level_sum(self.Bv, self.Bv).transpose(0, 3, 1, 2, 4)
+                return _low_rank_trace(
+                    self.Bv, self.C, self.Fb, self.prof.H, self.Bw
+                )
+            return level_sum(self.Bw, self.Bv).transpose(0, 3, 1, 2, 4)
         R = self.Rp if weight is Weight.P else self.Rv
         R12 = _pairs(self._dense_block(R, k1, k2))
         return level_sum(R12, R12).transpose(0, 3, 1, 2, 4)

@@ -269,6 +269,11 @@ class Products:
     YtY : ndarray of shape (n_voxels,)
     n : ndarray of shape (n_voxels,)
         Number of images present at each voxel.
+    level_weight : ndarray of shape (m, l), optional
+        One factor only: how many levels each level stands for in the sums that
+        involve Z'Z alone (log|V|, Σ_j R_jj, Σ_j R_jj ⊗ R_jj).  1 for real levels;
+        the grouped statistics (:mod:`blmm_scripts.grouped`) pass a few
+        pseudo-levels per level size that reproduce every sum over levels.
     """
 
     XtX: NDArray[np.float64]
@@ -278,6 +283,7 @@ class Products:
     ZtY: NDArray[np.float64]
     YtY: NDArray[np.float64]
     n: NDArray[np.float64]
+    level_weight: NDArray[np.float64] | None = None
 
     @property
     def n_voxels(self) -> int:
@@ -298,6 +304,7 @@ class Products:
             self.ZtY[index],
             self.YtY[index],
             self.n[index],
+            None if self.level_weight is None else sel(self.level_weight),
         )
 
 
