@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 from numpy.typing import NDArray
 
-from blmm_scripts import io
+from blmm_scripts import grouped, io
 from blmm_scripts.estimation import METHODS
 from blmm_scripts.masks import analysis_voxels
 from blmm_scripts.structure import Factor, RandomEffects
@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 
 #: Keys BLMM needed for its dask cluster; accepted and ignored here.
 IGNORED_KEYS = ("clusterType", "numNodes", "voxelBatching")
+
+#: Forms of the sufficient statistics (key ``statistics``; see
+#: :mod:`blmm_scripts.grouped`).
+STATISTICS = ("auto", "grouped", "levels")
 
 #: The JSON Schema of a config: the keys, their types and their defaults.
 SCHEMA = Path(__file__).resolve().parent.parent / "config" / "config.schema.yaml"
@@ -155,6 +159,7 @@ class Settings:
     two_sided: bool
     keep_intermediates: bool
     output_compression: bool
+    statistics: str = "auto"
     fdr: bool = False
     report: bool = False
     compare_small: Path | None = None
@@ -377,6 +382,11 @@ def _parse_settings(
     estimation = str(config.get("estimation", defaults["estimation"]))
     if estimation.upper() not in ("REML", "ML"):
         problems.append(f"estimation: {estimation!r} is not REML or ML")
+    statistics = str(config.get("statistics", defaults["statistics"]))
+    if statistics not in STATISTICS:
+        problems.append(
+            f"statistics: {statistics!r} is not one of {', '.join(STATISTICS)}"
+        )
 
     flags = {}
     for key, field_name in (
@@ -434,6 +444,7 @@ def _parse_settings(
             config.get("compare_out", defaults["compare_out"]), workdir
         ),
         simulate=simulation,
+        statistics=statistics,
         minlog=minlog,
         method=method,
         tol=tol,
@@ -643,6 +654,14 @@ def _check_inputs(
             ok = False
         if ok:
             factors.append(Factor.from_labels(labels[:, 0], design, spec.name))
+
+    if settings.statistics == "grouped" and factors and not grouped.applies(factors):
+        problems.append(
+            "statistics: 'grouped' needs one random factor whose random effect is "
+            f"an intercept (a design file of one constant column); this model has "
+            f"{len(factors)} factor(s) with "
+            f"{', '.join(str(f.n_raneffs) for f in factors)} random effect(s) each"
+        )
 
     if p is not None:
         for i, c in enumerate(settings.contrasts, start=1):

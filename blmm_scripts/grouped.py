@@ -63,6 +63,22 @@ def is_cheaper(factor: Factor, p: int) -> bool:
     return max_level_size(factor) * (p + 1) < factor.n_levels
 
 
+def chosen(statistics: str, factors: Sequence[Factor], p: int) -> bool:
+    """Return whether an analysis uses grouped statistics (config key ``statistics``).
+
+    ``grouped`` where it applies (checked with the config), ``levels`` never,
+    ``auto`` where it applies and has fewer pseudo-levels than levels.
+    """
+    if statistics == "levels" or not applies(factors):
+        return False
+    return statistics == "grouped" or is_cheaper(factors[0], p)
+
+
+def engine_effects(factor: Factor, p: int) -> RandomEffects:
+    """Return the structure the engine fits: G (p + 1) pseudo-levels."""
+    return RandomEffects((max_level_size(factor) * (p + 1),), (1,))
+
+
 def image_order(factor: Factor) -> NDArray[np.intp]:
     """Return the image order of the batches: by level, stable within a level."""
     return np.argsort(factor.codes, kind="stable").astype(np.intp)
@@ -346,4 +362,4 @@ def pseudo_products(
         stats.n[idx].astype(np.float64),
         weight,
     )
-    return products, RandomEffects((n_pseudo,), (1,))
+    return products, RandomEffects((n_pseudo,), (1,))  # = engine_effects

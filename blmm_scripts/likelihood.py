@@ -256,9 +256,7 @@ class BlockCurvature:
         """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d] for factors k1, k2."""
         if self.re.one_factor:
             if weight is Weight.P:
-                return _low_rank_trace(
-                    self.Bv, self.C, self.Fb, self.prof.H, self.Bw
-                )
+                return _low_rank_trace(self.Bv, self.C, self.Fb, self.prof.H, self.Bw)
             return level_sum(self.Bw, self.Bv).transpose(0, 3, 1, 2, 4)
         R = self.Rp if weight is Weight.P else self.Rv
         R12 = _pairs(self._dense_block(R, k1, k2))

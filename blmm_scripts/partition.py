@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
+from numpy.typing import NDArray
 
 from blmm_scripts.likelihood import bytes_per_voxel
 from blmm_scripts.structure import RandomEffects
@@ -43,6 +45,33 @@ def image_batch_size(maxmem: int, n_grid_voxels: int, p: int) -> int:
 def image_batches(n_images: int, batch_size: int) -> list[tuple[int, int]]:
     """Return (start, stop) image-row ranges of the batches, in order."""
     return [(s, min(s + batch_size, n_images)) for s in range(0, n_images, batch_size)]
+
+
+def level_batches(
+    levels: NDArray[np.integer], batch_size: int
+) -> list[tuple[int, int]]:
+    """Return image batches that hold whole levels (for grouped statistics).
+
+    Parameters
+    ----------
+    levels : ndarray of shape (n_images,)
+        The level of each image, in the order of the batches (sorted by level).
+    batch_size : int
+        At most this many images per batch, unless one level alone has more (it
+        then gets a batch of its own).
+    """
+    levels = np.asarray(levels)
+    n = levels.size
+    starts = np.flatnonzero(np.r_[True, levels[1:] != levels[:-1]]) if n else []
+    bounds = [*(int(s) for s in starts), n]
+    out, start = [], 0
+    for first, nxt in pairwise(bounds):
+        if nxt - start > batch_size and first > start:
+            out.append((start, first))
+            start = first
+    if start < n:
+        out.append((start, n))
+    return out
 
 
 def voxel_bytes(p: int, re: RandomEffects) -> int:
@@ -133,6 +162,7 @@ def make_plan(
     n_voxels: int,
     p: int,
     re: RandomEffects,
+    levels: NDArray[np.integer] | None = None,
 ) -> Plan:
     """Return the plan of an analysis (see module docstring).
 
@@ -148,9 +178,14 @@ def make_plan(
         Voxels of the analysis mask.
     p : int
     re : RandomEffects
+        The structure the engine fits (the pseudo-levels for grouped statistics).
+    levels : ndarray of shape (n_images,), optional
+        For grouped statistics: each image's level in batch order; batches then
+        hold whole levels (:func:`level_batches`).
     """
     size = image_batch_size(maxmem, n_grid_voxels, p)
     nvb = n_voxel_batches(n_voxels, maxmem, p, re, maxnvb)
-    return Plan(
-        tuple(image_batches(n_images, size)), tuple(voxel_batches(n_voxels, nvb))
+    batches = (
+        image_batches(n_images, size) if levels is None else level_batches(levels, size)
     )
+    return Plan(tuple(batches), tuple(voxel_batches(n_voxels, nvb)))

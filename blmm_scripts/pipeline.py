@@ -9,7 +9,9 @@ Stages (``rules/*.smk``), and the module that does each one's work::
 
     setup        X, factors, mask   -> the design           design.read_design
     batch b      images of batch b  -> X'Y, Z'Y, Y'Y, n     batching.batch_products
+                                                            (grouped.batch_groups)
     concat j     batch parts        -> voxel batch j stats  batching.concat_batches
+                                                            (grouped.concat_groups)
     estimate j   statistics         -> fit                  voxelwise.estimate_voxels
     inference j  statistics + fit   -> T/F, p-values, df    voxelwise.infer_voxels
     maps         all j              -> NIfTI maps           maps.assemble_maps
@@ -22,6 +24,7 @@ from typing import Any
 
 from numpy.typing import NDArray
 
+from blmm_scripts import grouped
 from blmm_scripts.batching import batch_products, concat_batches, read_batch_data
 from blmm_scripts.config import Inputs, Settings, check_inputs, parse_settings
 from blmm_scripts.design import read_design
@@ -66,11 +69,20 @@ def run_pipeline(
     Y, is_missing = read_batch_data(
         inputs.images, inputs.data_masks, design.voxels, settings.data_mask_thresh
     )
-    n_images = inputs.n_images
-    part = batch_products(design.X, design.factors, (0, n_images), Y, is_missing)
-    stats = concat_batches(
-        [((0, n_images), part)], n_images, design.random_effects.q, design.X.shape[1]
-    )
+    n_images, p = design.X.shape
+    if grouped.chosen(settings.statistics, design.factors, p):
+        factor = design.factors[0]
+        order = grouped.image_order(factor)
+        G = grouped.max_level_size(factor)
+        batch = grouped.batch_groups(
+            design.X, factor, order, Y[order], is_missing[order], G
+        )
+        stats = grouped.concat_groups([batch], n_images, p)
+    else:
+        part = batch_products(design.X, design.factors, (0, n_images), Y, is_missing)
+        stats = concat_batches(
+            [((0, n_images), part)], n_images, design.random_effects.q, p
+        )
     fitted = estimate_voxels(
         stats,
         design.X,

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from blmm_scripts import grouped
 from blmm_scripts.batching import VoxelStats
 from blmm_scripts.config import Contrast
 from blmm_scripts.estimation import fit
+from blmm_scripts.grouped import GroupedStats
 from blmm_scripts.inference import MINLOG, infer
 from blmm_scripts.masks import keep_voxels, observed_raneffs
 from blmm_scripts.products import design_products, ring_design_products
@@ -45,29 +47,62 @@ class MissingnessRules:
     safe_mode: bool = True
 
 
+Stats = VoxelStats | GroupedStats
+
+
+def load_stats(arrays: dict[str, NDArray]) -> Stats:
+    """Return a voxel batch's statistics (``products.npz``), per level or grouped."""
+    if "m_full" in arrays:
+        return GroupedStats.from_arrays(arrays)
+    return VoxelStats.from_arrays(arrays)
+
+
+def engine_effects(stats: Stats, factors: Sequence[Factor], p: int) -> RandomEffects:
+    """Return the structure the engine fits for these statistics."""
+    if isinstance(stats, GroupedStats):
+        return grouped.engine_effects(factors[0], p)
+    return RandomEffects.of(list(factors))
+
+
 def _groups(
-    stats: VoxelStats,
+    stats: Stats,
     X: NDArray[np.float64],
     factors: Sequence[Factor],
     select: NDArray[np.bool_],
     chunk: int,
-) -> Iterator[tuple[NDArray[np.intp], Products]]:
-    """Yield (voxel positions, Products) for the selected voxels, inner then ring.
+) -> Iterator[tuple[NDArray[np.intp], Products, RandomEffects]]:
+    """Yield (voxel positions, Products, structure) for the selected voxels.
 
-    Inner voxels (every image present) share the full design's products; ring
-    voxels get theirs from :func:`ring_design_products`.  At most ``chunk`` voxels
+    Inner voxels (every image present) first, sharing the full design's products;
+    then ring voxels, with theirs from :func:`ring_design_products` (or, grouped,
+    from :func:`blmm_scripts.grouped.pseudo_products`).  At most ``chunk`` voxels
     per item.
     """
     n_images = X.shape[0]
     inner = np.flatnonzero(select & (stats.n == n_images))
     ring = np.flatnonzero(select & (stats.n < n_images))
+    if isinstance(stats, GroupedStats):
+        z = float(factors[0].design[0, 0])
+        for idx, is_ring in _chunks(inner, chunk, False) + _chunks(ring, chunk, True):
+            yield idx, *grouped.pseudo_products(stats, idx, is_ring, z)
+        return
+    re = RandomEffects.of(list(factors))
     if inner.size:
         XtX, ZtX, ZtZ = design_products(X, list(factors))
-        for idx in np.array_split(inner, -(-inner.size // chunk)):
-            yield idx, _products(stats, idx, XtX, ZtX, ZtZ)
-    for idx in np.array_split(ring, -(-ring.size // chunk)) if ring.size else []:
+        for idx, _ in _chunks(inner, chunk, False):
+            yield idx, _products(stats, idx, XtX, ZtX, ZtZ), re
+    for idx, _ in _chunks(ring, chunk, True):
         XtX, ZtX, ZtZ = ring_design_products(X, list(factors), stats.missing[idx])
-        yield idx, _products(stats, idx, XtX, ZtX, ZtZ)
+        yield idx, _products(stats, idx, XtX, ZtX, ZtZ), re
+
+
+def _chunks(
+    idx: NDArray[np.intp], chunk: int, ring: bool
+) -> list[tuple[NDArray[np.intp], bool]]:
+    """Split voxel positions into parts of at most ``chunk``, each with a flag."""
+    if idx.size == 0:
+        return []
+    return [(part, ring) for part in np.array_split(idx, -(-idx.size // chunk))]
 
 
 def _products(stats: VoxelStats, idx: NDArray[np.intp], XtX, ZtX, ZtZ) -> Products:
@@ -84,7 +119,7 @@ def _products(stats: VoxelStats, idx: NDArray[np.intp], XtX, ZtX, ZtZ) -> Produc
 
 
 def estimate_voxels(
-    stats: VoxelStats,
+    stats: Stats,
     X: NDArray[np.float64],
     factors: Sequence[Factor],
     rules: MissingnessRules,
@@ -105,7 +140,10 @@ def estimate_voxels(
     """
     n_images, p = X.shape
     re = RandomEffects.of(list(factors))
-    q_obs = observed_raneffs(stats.missing, factors)
+    if isinstance(stats, GroupedStats):
+        q_obs = stats.observed_levels() * re.n_raneffs[0]
+    else:
+        q_obs = observed_raneffs(stats.missing, factors)
     keep = keep_voxels(
         stats.n,
         n_images,
@@ -123,8 +161,8 @@ def estimate_voxels(
     nit = np.zeros(v, dtype=np.int64)
     status = np.full(v, int(Status.OUTSIDE), dtype=np.int64)
     done = 0
-    for idx, products in _groups(stats, X, factors, keep, chunk):
-        res = fit(products, re, method=method, reml=reml, tol=tol, maxnit=maxnit)
+    for idx, products, engine_re in _groups(stats, X, factors, keep, chunk):
+        res = fit(products, engine_re, method=method, reml=reml, tol=tol, maxnit=maxnit)
         beta[idx], sigma2[idx], llh[idx] = res.beta, res.sigma2, res.llh
         nit[idx], status[idx] = res.nit, res.status
         for Dk, Rk in zip(D, res.D, strict=True):
@@ -137,7 +175,7 @@ def estimate_voxels(
 
 
 def infer_voxels(
-    stats: VoxelStats,
+    stats: Stats,
     X: NDArray[np.float64],
     factors: Sequence[Factor],
     fitted: FitResult,
@@ -155,7 +193,6 @@ def infer_voxels(
         ``covB`` (v, p, p), ``resms`` (v,), the :data:`T_STATISTICS` (v, n_t) and
         the :data:`F_STATISTICS` (v, n_f).
     """
-    re = RandomEffects.of(list(factors))
     v, p = fitted.beta.shape
     n_t = sum(not c.is_f for c in contrasts)
     n_f = len(contrasts) - n_t
@@ -166,7 +203,7 @@ def infer_voxels(
         out[name] = np.zeros((v, n_f))
     ok = is_fitted(fitted.status)
     Ls = [c.L for c in contrasts]
-    for idx, products in _groups(stats, X, factors, ok, chunk):
+    for idx, products, re in _groups(stats, X, factors, ok, chunk):
         sub = FitResult(
             fitted.beta[idx],
             fitted.sigma2[idx],

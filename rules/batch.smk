@@ -1,7 +1,8 @@
 """Batch: products of one chunk of images at every analysis-mask voxel.
 
 INPUT   the images (and data masks) of batch b, design.npz
-OUTPUT  <outdir>/work/batch/<b>/{XtY,ZtY,ZtY_columns,YtY,n}.npy, missing.npz (temporary)
+OUTPUT  <outdir>/work/batch/<b>/{XtY,ZtY,ZtY_columns,YtY,n}.npy, missing.npz, or with
+        grouped statistics <outdir>/work/batch/<b>/groups.npz (temporary)
 """
 
 
@@ -12,8 +13,10 @@ rule batch:
         masks=batch_masks,
         design=work("setup/design.npz"),
     output:
-        **{name: temp(work(f"batch/{{b}}/{name}.npy")) for name in BATCH_ARRAYS},
-        missing=temp(work("batch/{b}/missing.npz")),
+        **{
+            name: temp(work(f"batch/{{b}}/{file}"))
+            for name, file in BATCH_FILES.items()
+        },
     log:
         work("logs/batch/{b}.log"),
     benchmark:
@@ -25,6 +28,7 @@ rule batch:
         mem_mb=job_mem,
     params:
         rows=image_range,
+        grouped=GROUPED,
         thresh=SETTINGS.data_mask_thresh,
     script:
         "../blmm_scripts/workflow/batch.py"

@@ -11,6 +11,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from blmm_scripts import config as blmm_config
+from blmm_scripts import grouped as blmm_grouped
 from blmm_scripts.batching import BATCH_ARRAYS
 from blmm_scripts.maps import map_names
 from blmm_scripts.partition import job_mem_mb, make_plan
@@ -26,6 +27,12 @@ SETTINGS, INPUTS = blmm_config.load(
     check_images=workflow.is_main_process,
     planned=planned_inputs,
 )
+# Grouped statistics (sums per level size, blmm_scripts.grouped) where they apply
+# and are smaller; image batches then hold whole levels, in level order.
+GROUPED = blmm_grouped.chosen(SETTINGS.statistics, INPUTS.factors, INPUTS.p)
+IMAGE_ORDER = (
+    blmm_grouped.image_order(INPUTS.factors[0]) if GROUPED else range(INPUTS.n_images)
+)
 PLAN = make_plan(
     SETTINGS.MAXMEM,
     SETTINGS.maxnvb,
@@ -33,7 +40,19 @@ PLAN = make_plan(
     math.prod(INPUTS.shape),
     INPUTS.n_voxels,
     INPUTS.p,
-    INPUTS.random_effects,
+    (
+        blmm_grouped.engine_effects(INPUTS.factors[0], INPUTS.p)
+        if GROUPED
+        else INPUTS.random_effects
+    ),
+    levels=INPUTS.factors[0].codes[IMAGE_ORDER] if GROUPED else None,
+)
+# The files of one image batch: one .npz of grouped sums, or one .npy per array
+# (concat memory-maps its voxels' rows of the large Z'Y) and the missing images.
+BATCH_FILES = (
+    {"groups": "groups.npz"}
+    if GROUPED
+    else {name: f"{name}.npy" for name in BATCH_ARRAYS} | {"missing": "missing.npz"}
 )
 N_T = sum(not c.is_f for c in SETTINGS.contrasts)
 N_F = len(SETTINGS.contrasts) - N_T
@@ -92,7 +111,7 @@ def image_range(wildcards):
 def batch_images(wildcards):
     """Return the images of image batch b."""
     start, stop = image_range(wildcards)
-    return [as_relative(p) for p in INPUTS.images[start:stop]]
+    return [as_relative(INPUTS.images[i]) for i in IMAGE_ORDER[start:stop]]
 
 
 def batch_masks(wildcards):
@@ -100,7 +119,7 @@ def batch_masks(wildcards):
     if INPUTS.data_masks is None:
         return []
     start, stop = image_range(wildcards)
-    return [as_relative(p) for p in INPUTS.data_masks[start:stop]]
+    return [as_relative(INPUTS.data_masks[i]) for i in IMAGE_ORDER[start:stop]]
 
 
 def voxel_range(wildcards):

@@ -2,15 +2,15 @@
 
 INPUT   every image batch's files, design.npz
 OUTPUT  <outdir>/work/vox/<j>/products.npz: X'Y, Z'Y, Y'Y, n and the missing images
-        of each voxel (sparse); kept unless keep_intermediates is false
+        of each voxel (sparse), or the grouped sums per level size; kept unless
+        keep_intermediates is false
 """
 
 
 rule concat:
     """Sufficient statistics of one voxel batch."""
     input:
-        **{name: all_batches(f"{name}.npy") for name in BATCH_ARRAYS},
-        missing=all_batches("missing.npz"),
+        **{name: all_batches(file) for name, file in BATCH_FILES.items()},
         design=work("setup/design.npz"),
     output:
         products=intermediate(work("vox/{j}/products.npz")),
@@ -26,5 +26,6 @@ rule concat:
     params:
         voxels=voxel_range,
         image_batches=PLAN.image_batches,
+        grouped=GROUPED,
     script:
         "../blmm_scripts/workflow/concat.py"

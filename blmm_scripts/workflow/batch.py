@@ -1,11 +1,12 @@
 """Snakemake adapter for rule batch.
 
-The work: blmm_scripts.batching.read_batch_data and .batch_products.
+The work: blmm_scripts.batching.read_batch_data, then .batch_products (per level)
+or blmm_scripts.grouped.batch_groups (grouped statistics).
 """
 
 from typing import TYPE_CHECKING
 
-from blmm_scripts import io
+from blmm_scripts import grouped, io
 from blmm_scripts._logging import log_to_file
 from blmm_scripts.batching import BATCH_ARRAYS, batch_products, read_batch_data
 from blmm_scripts.design import Design
@@ -14,15 +15,22 @@ if TYPE_CHECKING:  # stub for linters and IDEs only
     from snakemake.iocontainers import snakemake
 
 with log_to_file(snakemake.log[0]):
+    par = snakemake.params
     design = Design.from_arrays(io.load_arrays(snakemake.input.design))
     masks = list(snakemake.input.masks) or None
     Y, is_missing = read_batch_data(
-        list(snakemake.input.images), masks, design.voxels, snakemake.params.thresh
+        list(snakemake.input.images), masks, design.voxels, par.thresh
     )
-    part = batch_products(
-        design.X, design.factors, tuple(snakemake.params.rows), Y, is_missing
-    )
-    arrays = part.to_arrays()
-    for name in BATCH_ARRAYS:
-        io.save_array(snakemake.output[name], arrays.pop(name))
-    io.save_arrays(snakemake.output.missing, **arrays)
+    start, stop = par.rows
+    if par.grouped:
+        factor = design.factors[0]
+        images = grouped.image_order(factor)[start:stop]
+        G = grouped.max_level_size(factor)
+        part = grouped.batch_groups(design.X, factor, images, Y, is_missing, G)
+        io.save_arrays(snakemake.output.groups, **part.to_arrays())
+    else:
+        part = batch_products(design.X, design.factors, (start, stop), Y, is_missing)
+        arrays = part.to_arrays()
+        for name in BATCH_ARRAYS:
+            io.save_array(snakemake.output[name], arrays.pop(name))
+        io.save_arrays(snakemake.output.missing, **arrays)

@@ -8,10 +8,15 @@ from typing import TYPE_CHECKING
 
 from blmm_scripts import io
 from blmm_scripts._logging import log_to_file
-from blmm_scripts.batching import VoxelStats
 from blmm_scripts.design import Design
 from blmm_scripts.partition import chunk_for_job
-from blmm_scripts.voxelwise import MissingnessRules, estimate_voxels, fit_arrays
+from blmm_scripts.voxelwise import (
+    MissingnessRules,
+    engine_effects,
+    estimate_voxels,
+    fit_arrays,
+    load_stats,
+)
 
 if TYPE_CHECKING:  # stub for linters and IDEs only
     from snakemake.iocontainers import snakemake
@@ -19,7 +24,8 @@ if TYPE_CHECKING:  # stub for linters and IDEs only
 with log_to_file(snakemake.log[0]):
     par = snakemake.params
     design = Design.from_arrays(io.load_arrays(snakemake.input.design))
-    stats = VoxelStats.from_arrays(io.load_arrays(snakemake.input.products))
+    stats = load_stats(io.load_arrays(snakemake.input.products))
+    p = design.X.shape[1]
     fitted = estimate_voxels(
         stats,
         design.X,
@@ -30,7 +36,7 @@ with log_to_file(snakemake.log[0]):
         tol=par.tol,
         maxnit=par.maxnit,
         chunk=chunk_for_job(
-            snakemake.resources.mem_mb, design.X.shape[1], design.random_effects
+            snakemake.resources.mem_mb, p, engine_effects(stats, design.factors, p)
         ),
     )
     io.save_arrays(snakemake.output.fit, **fit_arrays(fitted, stats.n))
