@@ -695,7 +695,7 @@ def main() -> None:
         pb["note"] = (
             "not run (--no-pyblmm or benchmarks/.venv-pyblmm missing: bash benchmarks/setup_pyblmm.sh)"
         )
-    elif preset.name in ("large", "ukb") and not args.pyblmm_full:
+    elif preset.name in ("large", "ukb", "cohort") and not args.pyblmm_full:
         pb = run_pyblmm_subsample(
             files, work, fraction=0.1 if preset.name == "large" else 0.05
         )

@@ -56,10 +56,19 @@ class Preset:
     seed: int = 2024
     partial_fraction: float = 0.2
     note: str = ""
+    #: Subjects with 1, 2, ... visits (unbalanced, as in a cohort); empty: every
+    #: subject has `visits` visits.
+    visit_counts: tuple[int, ...] = ()
+
+    def visits_per_subject(self) -> np.ndarray:
+        """Return the number of visits of each subject."""
+        if not self.visit_counts:
+            return np.full(self.n_subjects, self.visits)
+        return np.repeat(np.arange(1, len(self.visit_counts) + 1), self.visit_counts)
 
     @property
     def n_images(self) -> int:
-        return self.n_subjects * self.visits
+        return int(self.visits_per_subject().sum())
 
 
 PRESETS = {
@@ -96,6 +105,19 @@ PRESETS = {
         "intercept",
         note="25,000 images, 20,863 voxels, 12,500 subjects x 2 visits, random intercept",
     ),
+    "cohort": Preset(
+        "cohort",
+        17000,
+        3,
+        (37, 37, 37),
+        "intercept",
+        partial_fraction=0.03,
+        visit_counts=(10000, 6000, 1000),
+        note=(
+            "25,000 images, 20,863 voxels, 17,000 subjects with 1/2/3 visits "
+            "(10,000/6,000/1,000), random intercept, 3% partial masks"
+        ),
+    ),
 }
 
 
@@ -128,12 +150,14 @@ class StudyFiles:
 
 def design(preset: Preset, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Return X (n, 4), subject labels, subject Z design, site labels (n,)."""
-    ns, nv = preset.n_subjects, preset.visits
-    n = ns * nv
-    subject = np.repeat(np.arange(1, ns + 1), nv)
-    t = np.tile(np.arange(nv, dtype=float), ns) + rng.uniform(-0.2, 0.2, n)
-    age = np.repeat(rng.normal(0.0, 1.0, ns), nv)
-    group = np.repeat(rng.integers(0, 2, ns), nv).astype(float)
+    ns = preset.n_subjects
+    per = preset.visits_per_subject()
+    n = int(per.sum())
+    subject = np.repeat(np.arange(1, ns + 1), per)
+    visit = np.concatenate([np.arange(k) for k in per]).astype(float)
+    t = visit + rng.uniform(-0.2, 0.2, n)
+    age = np.repeat(rng.normal(0.0, 1.0, ns), per)
+    group = np.repeat(rng.integers(0, 2, ns), per).astype(float)
     X = np.column_stack([np.ones(n), t, age, group])
     Zs = (
         np.column_stack([np.ones(n), t])
@@ -185,16 +209,14 @@ def write_study(
     cut = rng.integers(1, max(2, shape[2] // 3) + 1, n)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] = -np.array(shape) + 1.0
-    names = [
-        f"sub-{s:05d}_ses-{v + 1}"
-        for s, v in zip(
-            subject, np.tile(np.arange(preset.visits), preset.n_subjects), strict=False
-        )
-    ]
+    per = preset.visits_per_subject()
+    first = np.concatenate([[0], np.cumsum(per)])
+    visit = np.concatenate([np.arange(k) for k in per])
+    names = [f"sub-{s:05d}_ses-{v + 1}" for s, v in zip(subject, visit, strict=True)]
     vol = np.zeros(shape, dtype=np.float32)
     full_mask = np.ones(shape, dtype=np.uint8)
     for s in range(preset.n_subjects):
-        rows = np.arange(s * preset.visits, (s + 1) * preset.visits)
+        rows = np.arange(first[s], first[s + 1])
         b = rng.standard_normal((nvox, chol.shape[0])) @ chol.T  # (nvox, q0)
         y = fixed[rows] + Zs[rows] @ b.T  # (visits, nvox)
         if site_eff is not None:

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from blmm_scripts.structure import Factor, Products, RandomEffects
@@ -120,13 +121,6 @@ class GroupedBatch:
         return cls(**{f.name: arrays[f.name] for f in fields(cls)})
 
 
-def _level_sums(
-    values: NDArray, starts: NDArray[np.intp], axis: int = 0
-) -> NDArray[np.float64]:
-    """Sum runs of images that share a level (images sorted by level)."""
-    return np.add.reduceat(values, starts, axis=axis)
-
-
 def batch_groups(
     X: NDArray[np.float64],
     factor: Factor,
@@ -134,7 +128,6 @@ def batch_groups(
     Y: NDArray[np.float64],
     is_missing: NDArray[np.bool_],
     G: int,
-    chunk: int = 256,
 ) -> GroupedBatch:
     """Return the grouped sums of one batch of whole levels.
 
@@ -152,8 +145,6 @@ def batch_groups(
     is_missing : ndarray of shape (n_b, V), bool
     G : int
         The largest level size of the whole design (the same in every batch).
-    chunk : int
-        Voxels per step for the voxels with missing images.
     """
     images = np.asarray(images, dtype=np.intp)
     if Y.shape[0] != images.size:
@@ -168,11 +159,10 @@ def batch_groups(
         raise ValueError("an image batch holds part of a level, not all of it")
     z = factor.design[images, 0]
     Xb = X[images] * z[:, None]  # Z_j'X: the intercept's value times X
-    Yz = Y * z[:, None]
+    Yz = Y if np.all(z == 1) else Y * z[:, None]
     p = X.shape[1]
-    present = ~is_missing
     n_vox = Y.shape[1]
-    n = present.sum(axis=0).astype(np.int32)
+    n = (is_missing.shape[0] - is_missing.sum(axis=0)).astype(np.int32)
     XtY = Y.T @ X[images]
     YtY = np.einsum("iv,iv->v", Y, Y)
     if images.size == 0:
@@ -182,41 +172,27 @@ def batch_groups(
             zeros((n_vox, G)), zeros((G, p, p)), zeros((p, p)), zeros(G, np.int32),
             zeros(0, np.intp), zeros((0, G, p, p)), zeros((0, p, p)),
         )  # fmt: skip
-    counts = _level_sums(present.astype(np.int32), starts)  # (l_b, V)
-    ybar = _level_sums(Yz, starts)  # (l_b, V)
-    xbar = _level_sums(Xb, starts)  # (l_b, p), every image present
-    sizes = counts.T  # (V, l_b): images of each level present at each voxel
-    m = np.zeros((n_vox, G), dtype=np.int32)
-    b = np.zeros((n_vox, G, p))
-    c = np.zeros((n_vox, G))
-    for g in range(1, G + 1):
-        yg = np.where(sizes == g, ybar.T, 0.0)  # (V, l_b)
-        m[:, g - 1] = (sizes == g).sum(axis=1)
-        b[:, g - 1] = yg @ xbar
-        c[:, g - 1] = (yg * yg).sum(axis=1)
+    # Sums of whole levels (every image present), as most voxels have them.
+    levels = sp.csr_matrix(
+        (np.ones(images.size), (np.repeat(np.arange(starts.size), np.diff(
+            np.r_[starts, images.size])), np.arange(images.size))),
+        shape=(starts.size, images.size),
+    )  # fmt: skip
+    ybar = np.asarray(levels @ Yz)  # (l_b, V); 0 where missing
+    xbar = np.asarray(levels @ Xb)  # (l_b, p)
     size_full = full_size[codes[starts]]
-    m_full = np.bincount(size_full, minlength=G + 1)[1:].astype(np.int32)
-    A = np.zeros((G, p, p))
-    for g in range(1, G + 1):
-        xg = xbar[size_full == g]
-        A[g - 1] = xg.T @ xg
+    in_group = (size_full[:, None] == np.arange(1, G + 1)).astype(np.float64)
+    m_full = in_group.sum(axis=0).astype(np.int32)
+    A = np.einsum("jg,ja,jb->gab", in_group, xbar, xbar)
+    b = ybar.T @ (in_group[:, :, None] * xbar[:, None, :]).reshape(-1, G * p)
+    b = b.reshape(n_vox, G, p)
+    c = (ybar * ybar).T @ in_group  # (V, G)
+    m = np.broadcast_to(m_full, (n_vox, G)).copy()
+    m[n == 0] = 0
     XtX = X[images].T @ X[images]
-    partial = np.flatnonzero(~present.all(axis=0) & (n > 0)).astype(np.intp)
-    A_partial = np.zeros((partial.size, G, p, p))
-    XtX_partial = np.zeros((partial.size, p, p))
-    outer = np.einsum("ia,ib->iab", X[images], X[images]).reshape(images.size, -1)
-    for lo in range(0, partial.size, chunk):
-        vox = partial[lo : lo + chunk]
-        P = present[:, vox].astype(np.float64)  # (n_b, c)
-        xbar_v = _level_sums(P.T[:, :, None] * Xb[None], starts, axis=1)  # (c, l_b, p)
-        for g in range(1, G + 1):
-            on = (sizes[vox] == g)[..., None]  # (c, l_b, 1)
-            xg = np.where(on, xbar_v, 0.0)
-            b[vox, g - 1] = np.einsum(
-                "vj,vjp->vp", np.where(on[..., 0], ybar[:, vox].T, 0.0), xbar_v
-            )
-            A_partial[lo : lo + vox.size, g - 1] = np.swapaxes(xg, 1, 2) @ xbar_v
-        XtX_partial[lo : lo + vox.size] = (P.T @ outer).reshape(vox.size, p, p)
+    partial, A_partial, XtX_partial = _partial_voxels(
+        X[images], Xb, is_missing, n, starts, xbar, ybar, size_full, A, XtX, m, b, c
+    )
     logger.info(
         "grouped %d images of %d levels at %d voxels (%d with images missing)",
         images.size,
@@ -227,6 +203,64 @@ def batch_groups(
     return GroupedBatch(
         n, XtY, YtY, m, b, c, A, XtX, m_full, partial, A_partial, XtX_partial
     )
+
+
+def _partial_voxels(
+    Xi: NDArray[np.float64],
+    Xb: NDArray[np.float64],
+    is_missing: NDArray[np.bool_],
+    n: NDArray[np.int32],
+    starts: NDArray[np.intp],
+    xbar: NDArray[np.float64],
+    ybar: NDArray[np.float64],
+    size_full: NDArray[np.intp],
+    A: NDArray[np.float64],
+    XtX: NDArray[np.float64],
+    m: NDArray[np.int32],
+    b: NDArray[np.float64],
+    c: NDArray[np.float64],
+) -> tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.float64]]:
+    """Return the voxels with some of the batch's images missing, their A and X'X.
+
+    Only the levels that miss an image at a voxel change there: such a level moves
+    from the group of its full size to the group of its size at the voxel, with
+    x̄ less the missing images' rows.  Cost: one step per (voxel, level) pair with
+    a missing image, not per voxel and level.  Corrects ``m``, ``b`` and ``c`` in
+    place (they were summed with whole levels).
+    """
+    p = Xi.shape[1]
+    partial = np.flatnonzero(is_missing.any(axis=0) & (n > 0)).astype(np.intp)
+    img, pos = np.nonzero(is_missing[:, partial])  # missing (image, voxel) pairs
+    gone = sp.csr_matrix(
+        (np.ones(pos.size), (pos, img)), shape=(partial.size, Xi.shape[0])
+    )
+    outer = np.einsum("ia,ib->iab", Xi, Xi).reshape(Xi.shape[0], -1)
+    XtX_partial = XtX - np.asarray(gone @ outer).reshape(partial.size, p, p)
+    level = np.searchsorted(starts, img, side="right") - 1
+    key = pos.astype(np.int64) * starts.size + level
+    order = np.argsort(key, kind="stable")
+    key, img = key[order], img[order]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else []
+    first = np.asarray(first, dtype=np.intp)
+    pv, pl = key[first] // starts.size, key[first] % starts.size  # voxel, level
+    x_gone = np.add.reduceat(Xb[img], first, axis=0) if first.size else np.zeros((0, p))
+    n_gone = np.diff(np.r_[first, key.size])
+    x_full, g_full = xbar[pl], size_full[pl]
+    x_left, g_left = x_full - x_gone, g_full - n_gone
+    voxel = partial[pv]
+    y = ybar[pl, voxel]  # the level's sum at the voxel (missing images are 0)
+    A_partial = np.broadcast_to(A, (partial.size, *A.shape)).copy()
+    np.add.at(A_partial, (pv, g_full - 1), -np.einsum("ka,kb->kab", x_full, x_full))
+    np.add.at(m, (voxel, g_full - 1), -1)
+    np.add.at(b, (voxel, g_full - 1), -y[:, None] * x_full)
+    np.add.at(c, (voxel, g_full - 1), -y * y)
+    left = g_left >= 1  # the level still has an image at the voxel
+    pv, voxel, y, x_left, g = (a[left] for a in (pv, voxel, y, x_left, g_left))
+    np.add.at(A_partial, (pv, g - 1), np.einsum("ka,kb->kab", x_left, x_left))
+    np.add.at(m, (voxel, g - 1), 1)
+    np.add.at(b, (voxel, g - 1), y[:, None] * x_left)
+    np.add.at(c, (voxel, g - 1), y * y)
+    return partial, A_partial, XtX_partial
 
 
 @dataclass(frozen=True)

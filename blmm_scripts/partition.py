@@ -42,6 +42,23 @@ def image_batch_size(maxmem: int, n_grid_voxels: int, p: int) -> int:
     return int(size)
 
 
+#: Bytes per image and analysis-mask voxel of a grouped batch job: the data and
+#: data mask as float64 while they are read, the missingness and the level sums
+#: (measured peak RSS in benchmarks/results/cohort.json).
+GROUPED_BYTES = 64
+
+
+def grouped_batch_size(maxmem: int, n_voxels: int, n_grid_voxels: int) -> int:
+    """Return the images per batch of grouped statistics within MAXMEM.
+
+    A grouped batch holds the images at the analysis-mask voxels only (plus one
+    whole volume while it is read); unlike BLMM's rule its products do not grow
+    with the batch (no Z'Y), so the bound is the data itself.
+    """
+    per_image = GROUPED_BYTES * n_voxels + 8 * n_grid_voxels
+    return int(max(1, maxmem // per_image))
+
+
 def image_batches(n_images: int, batch_size: int) -> list[tuple[int, int]]:
     """Return (start, stop) image-row ranges of the batches, in order."""
     return [(s, min(s + batch_size, n_images)) for s in range(0, n_images, batch_size)]
@@ -83,11 +100,20 @@ def voxel_bytes(p: int, re: RandomEffects) -> int:
     return bytes_per_voxel(re, p)
 
 
+#: Voxels per estimate/inference job above which a study is split into more voxel
+#: batches than memory needs, so that several cores work on it: each job costs
+#: about 2 s of start-up, small against fitting this many voxels.
+VOXELS_PER_JOB = 5000
+
+
 def n_voxel_batches(
     n_voxels: int, maxmem: int, p: int, re: RandomEffects, maxnvb: int
 ) -> int:
-    """Return the number of voxel batches (jobs), at least 1 and at most maxnvb."""
-    per_job = max(1, maxmem // voxel_bytes(p, re))
+    """Return the number of voxel batches (jobs), at least 1 and at most maxnvb.
+
+    As many as MAXMEM needs, and at least one per :data:`VOXELS_PER_JOB` voxels.
+    """
+    per_job = max(1, min(maxmem // voxel_bytes(p, re), VOXELS_PER_JOB))
     return int(max(1, min(maxnvb, math.ceil(n_voxels / per_job), n_voxels)))
 
 
@@ -184,6 +210,8 @@ def make_plan(
         hold whole levels (:func:`level_batches`).
     """
     size = image_batch_size(maxmem, n_grid_voxels, p)
+    if levels is not None:
+        size = grouped_batch_size(maxmem, n_voxels, n_grid_voxels)
     nvb = n_voxel_batches(n_voxels, maxmem, p, re, maxnvb)
     batches = (
         image_batches(n_images, size) if levels is None else level_batches(levels, size)

@@ -70,3 +70,47 @@ def test_save_map_failure_leaves_nothing(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - any nibabel error will do
         io.save_map(tmp_path / "bad.nii", np.zeros((2, 2, 2), dtype=object), ref)
     assert [p.name for p in tmp_path.iterdir()] == ["ref.nii"]
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize(
+    ("dtype", "slope", "inter"),
+    [
+        ("<f4", None, None),
+        (">f4", None, None),
+        ("<f8", None, None),
+        ("<i2", 0.37, 5.1),
+        ("<u1", None, None),
+        ("<i4", 2.0, -1.0),
+    ],
+)
+@pytest.mark.parametrize("shape", [(5, 6, 7), (5, 6, 7, 1)])
+def test_load_voxels_equals_load_volume(tmp_path, suffix, dtype, slope, inter, shape):
+    """The fast read of NIfTI data blocks gives nibabel's values, bit for bit."""
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=shape) * 50 + 60).astype(dtype)
+    img = nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter)
+    path = tmp_path / f"img{suffix}"
+    nib.save(img, path)
+    voxels = rng.choice(210, 40, replace=False)
+    want = io.load_volume(path).reshape(-1)
+    np.testing.assert_array_equal(io.load_voxels([path, path], voxels)[1], want[voxels])
+    np.testing.assert_array_equal(io.load_voxels([path], None)[0], want)
+
+
+def test_image_grid_reads_other_formats(tmp_path):
+    """NIfTI-2 and NIfTI-1 pairs go through nibabel: same grid."""
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    nib.save(
+        nib.Nifti2Image(np.zeros((4, 5, 6), np.float32), affine), tmp_path / "a.nii"
+    )
+    nib.save(
+        nib.Nifti1Pair(np.zeros((4, 5, 6), np.float32), affine), tmp_path / "b.img"
+    )
+    for name in ("a.nii", "b.hdr"):
+        shape, got = io.image_grid(tmp_path / name)
+        assert shape == (4, 5, 6)
+        np.testing.assert_array_equal(got, affine)
+        np.testing.assert_array_equal(io.load_voxels([tmp_path / name], None), 0.0)
