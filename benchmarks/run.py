@@ -151,6 +151,53 @@ class TreeSampler:
         }
 
 
+class DiskSampler:
+    """Sample the bytes under a folder every second: the peak, and what is left.
+
+    The image-batch files are temporary, so their share shows only in the peak.
+    """
+
+    def __init__(self, folder: Path, period: float = 1.0) -> None:
+        self.folder, self.period = Path(folder), period
+        self.peak = 0
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _bytes(self, folder: Path) -> int:
+        total = 0
+        for f in folder.rglob("*"):
+            try:
+                total += f.stat().st_size if f.is_file() else 0
+            except OSError:
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._bytes(self.folder))
+            self._stop.wait(self.period)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self.thread.join()
+        results = self.folder / "results"
+        work = results / "work"
+        by_folder = {
+            "maps": sum(f.stat().st_size for f in results.glob("blmm_vox_*")),
+        }
+        for name in ("setup", "vox", "batch", "logs", "benchmarks"):
+            by_folder[f"work/{name}"] = (
+                self._bytes(work / name) if (work / name).exists() else 0
+            )
+        return {
+            "peak_mb": self.peak / 2**20,
+            "left_mb": self._bytes(self.folder) / 2**20,
+            "left_mb_by_folder": {k: v / 2**20 for k, v in by_folder.items()},
+            "sampling_period_s": self.period,
+        }
+
+
 def run_timed(
     cmd: list[str],
     *,
@@ -357,7 +404,15 @@ def run_workflow(
         "--snakefile",
         str(REPO / "Snakefile"),
     ]
+    t = time.perf_counter()
+    dry = subprocess.run(
+        [*cmd, "-n", "--quiet", "rules"], cwd=REPO, capture_output=True
+    )
+    dry_run_s = time.perf_counter() - t
+    disk = DiskSampler(run_dir)
     res = run_timed(cmd, cwd=REPO, log=work / "ours.log", timeout=timeout)
+    res["dry_run_s"] = dry_run_s if dry.returncode == 0 else None
+    res["disk"] = disk.stop()
     res |= snakemake_stages(run_dir)
     # Per stage: the benchmark TSV where the rule writes one, else the sampler.
     res["stages"] = {

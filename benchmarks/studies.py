@@ -118,6 +118,18 @@ PRESETS = {
             "(10,000/6,000/1,000), random intercept, 3% partial masks"
         ),
     ),
+    # The cohort on a larger grid: the second voxel count for the extrapolation
+    # to a 2 mm MNI brain (README, Performance).
+    "cohort_big": Preset(
+        "cohort_big",
+        17000,
+        3,
+        (47, 47, 47),
+        "intercept",
+        partial_fraction=0.03,
+        visit_counts=(10000, 6000, 1000),
+        note="the cohort preset on a 47^3 grid (about 43,000 voxels)",
+    ),
 }
 
 

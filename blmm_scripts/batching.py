@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from blmm_scripts import io
-from blmm_scripts.masks import missing
+from blmm_scripts.masks import masked_out, missing
 from blmm_scripts.structure import Factor, build_Z
 
 logger = logging.getLogger(__name__)
@@ -78,13 +78,14 @@ def read_batch_data(
     is_missing : ndarray of shape (n_images, n_voxels), bool
     """
     Y = io.load_voxels(images, voxels)
-    M = io.load_voxels(data_masks, voxels) if data_masks is not None else None
-    is_missing = missing(Y, M, thresh)
+    is_missing = missing(Y, None, thresh)
+    if data_masks is not None:  # read as "the mask says missing", one byte each
+        is_missing |= io.load_voxels(data_masks, voxels, row=masked_out)
     Y[is_missing] = 0.0
     logger.info(
         "read %d images (%s data masks) at %d voxels: %d of %d values missing",
         len(images),
-        "with" if M is not None else "no",
+        "with" if data_masks is not None else "no",
         Y.shape[1],
         int(is_missing.sum()),
         is_missing.size,

@@ -11,7 +11,7 @@ import functools
 import gzip
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +167,10 @@ def load_volume(path: Path) -> NDArray[np.float64]:
 
 
 def load_voxels(
-    paths: Sequence[Path], voxels: NDArray[np.intp] | None
-) -> NDArray[np.float64]:
+    paths: Sequence[Path],
+    voxels: NDArray[np.intp] | None,
+    row: Callable[[NDArray[np.float64]], NDArray] | None = None,
+) -> NDArray:
     """Return the values of images at some voxels.
 
     Parameters
@@ -176,18 +178,23 @@ def load_voxels(
     paths : sequence of Path, length n_images
     voxels : ndarray of shape (n_voxels,) or None
         Flat C-order voxel indices; None for all voxels.
+    row : callable, optional
+        Applied to each image's float64 values before they are stored (for
+        instance a test giving booleans, stored as one byte per voxel).
 
     Returns
     -------
     ndarray of shape (n_images, n_voxels)
+        float64, or the type `row` returns.
     """
     out = None
     disk_order: dict[tuple[int, ...], NDArray[np.intp]] = {}  # per grid
     for i, path in enumerate(paths):
-        row = _voxel_values(path, voxels, disk_order)
+        values = _voxel_values(path, voxels, disk_order)
+        values = values if row is None else row(values)
         if out is None:
-            out = np.empty((len(paths), row.size))
-        out[i] = row
+            out = np.empty((len(paths), values.size), dtype=values.dtype)
+        out[i] = values
     return out if out is not None else np.zeros((0, 0))
 
 

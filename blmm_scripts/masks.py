@@ -62,11 +62,16 @@ def missing(
     """
     out = ~np.isfinite(Y) | (Y == 0)
     if data_mask is not None:
-        out |= ~np.isfinite(data_mask) | (data_mask == 0)
+        out |= masked_out(data_mask)
     if thresh is not None:
         with np.errstate(invalid="ignore"):
             out |= thresh > Y
     return out
+
+
+def masked_out(data_mask: NDArray[np.float64]) -> NDArray[np.bool_]:
+    """Return where a data mask says missing: zero or not finite."""
+    return ~np.isfinite(data_mask) | (data_mask == 0)
 
 
 def observed_raneffs(
