@@ -2,7 +2,7 @@
 
 Run with the interpreter of benchmarks/.venv-pyblmm (see setup_pyblmm.sh):
 
-    benchmarks/.venv-pyblmm/bin/python benchmarks/pyblmm_stages.py CONFIG.yml
+    benchmarks/.venv-pyblmm/bin/python benchmarks/pyblmm_stages.py CONFIG.yml [K]
 
 This calls the same functions, in the same order, as pyblmm's console script
 ``blmm`` (``blmm.blmm_cluster._main``) with ``voxelBatching: 1``, only without the
@@ -10,6 +10,8 @@ dask cluster: setup, batch 1..nb, concat, results 1..nvb, cleanup.  It isolates
 pyblmm's estimation + inference time ("results") from its I/O and from dask's
 start-up, for the per-structure throughput comparison of engine_speed.py.  Set
 OMP_NUM_THREADS=1 (and friends) in the environment to pin BLAS to one thread.
+With K, only setup and the first K image batches run (a lower bound on a run too
+long to finish: its batch stage, extrapolated to every batch).
 """
 
 import json
@@ -26,7 +28,7 @@ from blmm.lib.blmm_results import results
 from blmm.lib.blmm_setup import setup
 
 
-def main(config: str) -> None:
+def main(config: str, max_batches: int | None = None) -> None:
     config = str(Path(config).resolve())
     times = {}
 
@@ -43,8 +45,13 @@ def main(config: str) -> None:
     nb = timed("setup", setup, config)
     with Path(config).open() as f:
         outdir = yaml.safe_load(f)["outdir"]
-    for b in range(1, nb + 1):
+    for b in range(1, (nb if max_batches is None else min(nb, max_batches)) + 1):
         timed("batch", batch, b, config)
+    if max_batches is not None and max_batches < nb:
+        print(
+            json.dumps({"stages": times, "n_batches": nb, "batches_run": max_batches})
+        )
+        return
     timed("concat", concat, config)
     with (Path(outdir) / "nvb.txt").open() as f:
         nvb = int(f.readline())
@@ -66,4 +73,4 @@ def main(config: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)

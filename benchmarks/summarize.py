@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PRESETS = ["small", "crossed", "large", "ukb"]
+PRESETS = ["small", "crossed", "large", "ukb", "cohort", "cohort_big"]
 TARGET = {"small": 10, "crossed": 10, "large": 20}
 STAGES = ["setup", "batch", "concat", "estimate", "inference", "maps"]
 

@@ -173,11 +173,11 @@ def batch_groups(
             zeros(0, np.intp), zeros((0, G, p, p)), zeros((0, p, p)),
         )  # fmt: skip
     # Sums of whole levels (every image present), as most voxels have them.
+    level_of = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, images.size]))
     levels = sp.csr_matrix(
-        (np.ones(images.size), (np.repeat(np.arange(starts.size), np.diff(
-            np.r_[starts, images.size])), np.arange(images.size))),
+        (np.ones(images.size), (level_of, np.arange(images.size))),
         shape=(starts.size, images.size),
-    )  # fmt: skip
+    )
     ybar = np.asarray(levels @ Yz)  # (l_b, V); 0 where missing
     xbar = np.asarray(levels @ Xb)  # (l_b, p)
     size_full = full_size[codes[starts]]
