@@ -459,6 +459,27 @@ def run_pyblmm(files: StudyFiles, work: Path) -> dict:
     return res
 
 
+def run_pyblmm_stages(cfg_path: Path, log: Path, *args: str) -> tuple[dict, float]:
+    """Run pyblmm_stages.py; return its JSON line (or an error) and the wall time."""
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [
+            str(PYBLMM_BIN / "python"),
+            str(HERE / "pyblmm_stages.py"),
+            str(cfg_path),
+            *args,
+        ],
+        env=pyblmm_env(),
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        return {"error": proc.stderr[-2000:]}, wall
+    return json.loads(proc.stdout.strip().splitlines()[-1]), wall
+
+
 def run_pyblmm_subsample(files: StudyFiles, work: Path, fraction: float) -> dict:
     """Pyblmm's stages in one process on every k-th voxel; results stage extrapolated."""
     mask_img = nib.load(files.analysis_mask)
@@ -473,18 +494,9 @@ def run_pyblmm_subsample(files: StudyFiles, work: Path, fraction: float) -> dict
     shutil.rmtree(out, ignore_errors=True)
     cfg = blmm_config(files, out, pyblmm=True) | {"analysis_mask": str(sub_path)}
     cfg_path = write_config(cfg, work / "pyblmm_sub.yml")
-    t = time.perf_counter()
-    proc = subprocess.run(
-        [str(PYBLMM_BIN / "python"), str(HERE / "pyblmm_stages.py"), str(cfg_path)],
-        env=pyblmm_env(),
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - t
-    (work / "pyblmm_sub.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode:
-        return {"error": proc.stderr[-2000:]}
-    stages = json.loads(proc.stdout.strip().splitlines()[-1])
+    stages, wall = run_pyblmm_stages(cfg_path, work / "pyblmm_sub.log")
+    if "error" in stages:
+        return stages
     scale = mask.sum() / sub.sum()
     res_s = stages["stages"]["results"]["wall_s"]
     other = sum(s["wall_s"] for n, s in stages["stages"].items() if n != "results")
@@ -509,23 +521,9 @@ def run_pyblmm_batches(files: StudyFiles, work: Path, k: int) -> dict:
     out = work / "pyblmm_batches_out"
     shutil.rmtree(out, ignore_errors=True)
     cfg_path = write_config(blmm_config(files, out, pyblmm=True), work / "pyblmm_b.yml")
-    t = time.perf_counter()
-    proc = subprocess.run(
-        [
-            str(PYBLMM_BIN / "python"),
-            str(HERE / "pyblmm_stages.py"),
-            str(cfg_path),
-            str(k),
-        ],
-        env=pyblmm_env(),
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - t
-    (work / "pyblmm_batches.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode:
-        return {"error": proc.stderr[-2000:]}
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    info, wall = run_pyblmm_stages(cfg_path, work / "pyblmm_batches.log", str(k))
+    if "error" in info:
+        return info
     per_batch = info["stages"]["batch"]["wall_s"] / info["batches_run"]
     shutil.rmtree(out, ignore_errors=True)
     return {

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -86,16 +87,13 @@ def image_order(factor: Factor) -> NDArray[np.intp]:
 
 
 @dataclass(frozen=True)
-class GroupedBatch:
-    """One image batch's grouped sums at every analysis-mask voxel.
+class _Sums:
+    """The grouped sums at a stack of voxels, and their ``.npz`` form.
 
-    The batch holds whole levels.  Per voxel (V voxels, G level sizes): ``n`` (V,)
-    images present, ``XtY`` (V, p), ``YtY`` (V,), ``m`` (V, G) levels with g images
-    present, ``b`` (V, G, p), ``c`` (V, G).  ``A`` (G, p, p), ``XtX`` (p, p) and
-    ``m_full`` (G,) hold for voxels where every image of the batch is present; the
-    others
-    (``partial``, positions) have their own ``A_partial`` (V_p, G, p, p) and
-    ``XtX_partial`` (V_p, p, p).
+    Per voxel (V voxels, G level sizes): ``n`` (V,) images present, ``XtY``
+    (V, p), ``YtY`` (V,), ``m`` (V, G) levels with g images present, ``b``
+    (V, G, p), ``c`` (V, G).  ``A`` (G, p, p), ``XtX`` (p, p) and ``m_full`` (G,)
+    are those of voxels where every image is present.
     """
 
     n: NDArray[np.int32]
@@ -107,18 +105,30 @@ class GroupedBatch:
     A: NDArray[np.float64]
     XtX: NDArray[np.float64]
     m_full: NDArray[np.int32]
-    partial: NDArray[np.intp]
-    A_partial: NDArray[np.float64]
-    XtX_partial: NDArray[np.float64]
 
     def to_arrays(self) -> dict[str, NDArray]:
-        """Return the fields as named arrays (one ``.npz`` per batch)."""
+        """Return the fields as named arrays."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, NDArray]) -> GroupedBatch:
+    def from_arrays(cls, arrays: dict[str, NDArray]) -> Self:
         """Inverse of :meth:`to_arrays`."""
         return cls(**{f.name: arrays[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class GroupedBatch(_Sums):
+    """One image batch's grouped sums at every analysis-mask voxel (one ``.npz``).
+
+    The batch holds whole levels; ``A``, ``XtX`` and ``m_full`` hold for voxels
+    where every image of the batch is present.  The others (``partial``,
+    positions) have their own ``A_partial`` (V_p, G, p, p) and ``XtX_partial``
+    (V_p, p, p).
+    """
+
+    partial: NDArray[np.intp]
+    A_partial: NDArray[np.float64]
+    XtX_partial: NDArray[np.float64]
 
 
 def batch_groups(
@@ -264,36 +274,16 @@ def _partial_voxels(
 
 
 @dataclass(frozen=True)
-class GroupedStats:
-    """Grouped sufficient statistics of a batch of voxels (sums over all images).
+class GroupedStats(_Sums):
+    """Grouped sufficient statistics of a batch of voxels (``products.npz``).
 
-    Per voxel: ``n``, ``XtY``, ``YtY``, ``m``, ``b``, ``c`` as in
-    :class:`GroupedBatch`.  ``A`` (G, p, p), ``XtX`` (p, p) and ``m_full`` (G,)
-    are those of voxels with every image present; ``ring`` (positions of the
-    voxels with some image missing and n > p) have ``A_ring`` and ``XtX_ring``.
+    Sums over all images; ``ring`` (positions of the voxels with some image
+    missing and n > p) have their own ``A_ring`` and ``XtX_ring``.
     """
 
-    n: NDArray[np.int32]
-    XtY: NDArray[np.float64]
-    YtY: NDArray[np.float64]
-    m: NDArray[np.int32]
-    b: NDArray[np.float64]
-    c: NDArray[np.float64]
-    A: NDArray[np.float64]
-    XtX: NDArray[np.float64]
-    m_full: NDArray[np.int32]
     ring: NDArray[np.intp]
     A_ring: NDArray[np.float64]
     XtX_ring: NDArray[np.float64]
-
-    def to_arrays(self) -> dict[str, NDArray]:
-        """Return the fields as named arrays (``products.npz``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, NDArray]) -> GroupedStats:
-        """Inverse of :meth:`to_arrays`."""
-        return cls(**{f.name: arrays[f.name] for f in fields(cls)})
 
     def observed_levels(self) -> NDArray[np.int64]:
         """Return the levels with an image present at each voxel (q_v for safeMode)."""
