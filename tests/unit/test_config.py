@@ -287,3 +287,19 @@ def test_all_problems_at_once(tiny_study):
         assert word in joined
     assert str(info.value).startswith("The BLMM config has 5 problem(s)")
     assert not (root / "out").exists()
+
+
+def test_grouped_statistics_need_one_random_intercept(tiny_study):
+    """statistics: grouped with a random slope names the key and the model."""
+    config = load(tiny_study) | {"statistics": "grouped"}
+    root = tiny_study.parent
+    assert problems_of(config, root) == []  # the tiny study: a random intercept
+    design = root / config["Z"][0]["f1"]["design"]
+    n = len(design.read_text().splitlines())
+    design.write_text("".join(f"1,{i}\n" for i in range(n)))
+    single(problems_of(config, root), "statistics", "intercept", "2 random effect")
+
+
+def test_statistics_must_be_a_known_form(tiny_study):
+    config = load(tiny_study) | {"statistics": "pooled"}
+    single(problems_of(config, tiny_study.parent), "statistics", "'pooled'")
