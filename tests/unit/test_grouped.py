@@ -196,3 +196,17 @@ def test_applies_to_one_random_intercept_only():
     assert not applies([Factor.from_labels(codes, np.hstack([ones, t]))])
     assert not applies([Factor.from_labels(codes, t)])
     assert not applies([Factor.from_labels(codes, ones)] * 2)
+
+
+def test_an_intercept_of_another_value_groups_too():
+    """A random-effect covariate of one constant value c != 1 (Z_j'Z_j = c² n_j)."""
+    X, factor, Y, missing = cohort(seed=4)
+    factor = Factor(factor.codes, 2.0 * factor.design, factor.n_levels, "subject")
+    assert applies([factor])
+    stats = grouped_stats(X, factor, Y, missing)
+    idx = np.flatnonzero(stats.n < X.shape[0])
+    levels, re = per_level(X, factor, Y, missing, idx, True)
+    pseudo, re_g = pseudo_products(stats, idx, True, z=2.0)
+    want, got = fit(levels, re), fit(pseudo, re_g)
+    np.testing.assert_allclose(got.llh, want.llh, rtol=1e-10)
+    np.testing.assert_allclose(got.D[0], want.D[0], rtol=1e-10, atol=1e-12)

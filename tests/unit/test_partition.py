@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
 from blmm_scripts.partition import (
+    grouped_batch_size,
     image_batch_size,
     image_batches,
+    level_batches,
     make_plan,
     n_voxel_batches,
     voxel_batches,
@@ -60,3 +64,27 @@ def test_plan_ids_are_zero_padded():
     assert plan.batch_ids[0] == "0000"
     assert len(plan.batch_ids) == len(plan.image_batches) > 1
     assert len(plan.voxel_batch_ids) == len(plan.voxel_batches) == 4
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 100])
+def test_level_batches_hold_whole_levels(size):
+    """Batches cover the images in order and never split a level.
+
+    Each holds at most `size` images unless one level alone has more.
+    """
+    levels = np.repeat(np.arange(8), [1, 3, 2, 1, 4, 1, 2, 3])
+    batches = level_batches(levels, size)
+    assert batches[0][0] == 0 and batches[-1][1] == levels.size
+    for (_, stop), (start, _) in pairwise(batches):
+        assert stop == start
+    for a, b in batches:
+        assert a == 0 or levels[a] != levels[a - 1]  # starts at a level's start
+        assert b - a <= size or np.unique(levels[a:b]).size == 1
+
+
+def test_grouped_batches_are_bounded_by_their_data():
+    """Images per grouped batch follow MAXMEM and the voxels, not p."""
+    one = grouped_batch_size(2**30, 20000, 50000)
+    assert one == 2**30 // (64 * 20000 + 8 * 50000)
+    assert grouped_batch_size(2**31, 20000, 50000) >= 2 * one
+    assert grouped_batch_size(1, 20000, 50000) == 1
