@@ -9,13 +9,15 @@ Z'Z is stored in one of three layouts, chosen by :class:`RandomEffects`:
 
 * one random factor: its diagonal blocks only, shape (m, l, q0, q0), because Z'Z is
   block diagonal (each image belongs to exactly one level);
-* several factors, the first the largest (subject x site): the first factor's
+* several factors, the first the largest (subject x site; the engine puts the
+  largest first, :func:`largest_first`): the first factor's
   diagonal blocks plus a dense border for the others, packed flat (m, ztz_width);
 * otherwise (or forced with dense=True): the dense matrix, shape (m, q, q).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
@@ -206,6 +208,19 @@ class RandomEffects:
         """First column of each factor in Z, plus q at the end."""
         sizes = [lk * qk for lk, qk in zip(self.n_levels, self.n_raneffs, strict=False)]
         return tuple(int(x) for x in np.concatenate([[0], np.cumsum(sizes)]))
+
+
+def largest_first(factors: Sequence[Factor]) -> tuple[int, ...]:
+    """Return the order in which the engine takes the factors: the largest first.
+
+    The largest factor (most columns of Z, l_k q_k) goes first, so that several
+    factors use the bordered layout (its blocks plus the others as a border)
+    instead of a dense q x q matrix; the others keep their order.  Estimates are
+    mapped back to the config's order (:mod:`blmm_scripts.voxelwise`).
+    """
+    sizes = [f.n_levels * f.n_raneffs for f in factors]
+    first = int(np.argmax(sizes)) if sizes else 0
+    return (first, *(k for k in range(len(factors)) if k != first))
 
 
 def build_Z(factors: list[Factor] | tuple[Factor, ...]) -> NDArray[np.float64]:

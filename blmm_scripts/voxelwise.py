@@ -33,6 +33,7 @@ from blmm_scripts.structure import (
     RandomEffects,
     Status,
     is_fitted,
+    largest_first,
 )
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def engine_effects(stats: Stats, factors: Sequence[Factor], p: int) -> RandomEff
     """Return the structure the engine fits for these statistics."""
     if isinstance(stats, GroupedStats):
         return grouped.engine_effects(factors[0], p)
-    return RandomEffects.of(list(factors))
+    return RandomEffects.of([factors[k] for k in largest_first(factors)])
 
 
 def _groups(
@@ -70,13 +71,15 @@ def _groups(
     factors: Sequence[Factor],
     select: NDArray[np.bool_],
     chunk: int,
-) -> Iterator[tuple[NDArray[np.intp], Products, RandomEffects]]:
-    """Yield (voxel positions, Products, structure) for the selected voxels.
+) -> Iterator[tuple[NDArray[np.intp], Products, RandomEffects, tuple[int, ...]]]:
+    """Yield (voxel positions, Products, structure, factor order) for some voxels.
 
     Inner voxels (every image present) first, sharing the full design's products;
     then ring voxels, with theirs from :func:`ring_design_products` (or, grouped,
     from :func:`blmm_scripts.grouped.pseudo_products`).  At most ``chunk`` voxels
-    per item.
+    per item.  The engine takes the factors largest first
+    (:func:`~blmm_scripts.structure.largest_first`); the order says which config
+    factor each of its factors is.
     """
     n_images = X.shape[0]
     inner = np.flatnonzero(select & (stats.n == n_images))
@@ -84,16 +87,20 @@ def _groups(
     if isinstance(stats, GroupedStats):
         z = float(factors[0].design[0, 0])
         for idx, is_ring in _chunks(inner, chunk, False) + _chunks(ring, chunk, True):
-            yield idx, *grouped.pseudo_products(stats, idx, is_ring, z)
+            yield idx, *grouped.pseudo_products(stats, idx, is_ring, z), (0,)
         return
-    re = RandomEffects.of(list(factors))
+    order = largest_first(factors)
+    ordered = [factors[k] for k in order]
+    re = RandomEffects.of(ordered)
+    offsets = RandomEffects.of(list(factors)).offsets  # Z'Y columns: config order
+    columns = np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in order])
     if inner.size:
-        XtX, ZtX, ZtZ = design_products(X, list(factors))
+        XtX, ZtX, ZtZ = design_products(X, ordered)
         for idx, _ in _chunks(inner, chunk, False):
-            yield idx, _products(stats, idx, XtX, ZtX, ZtZ), re
+            yield idx, _products(stats, idx, columns, XtX, ZtX, ZtZ), re, order
     for idx, _ in _chunks(ring, chunk, True):
-        XtX, ZtX, ZtZ = ring_design_products(X, list(factors), stats.missing[idx])
-        yield idx, _products(stats, idx, XtX, ZtX, ZtZ), re
+        XtX, ZtX, ZtZ = ring_design_products(X, ordered, stats.missing[idx])
+        yield idx, _products(stats, idx, columns, XtX, ZtX, ZtZ), re, order
 
 
 def _chunks(
@@ -105,14 +112,22 @@ def _chunks(
     return [(part, ring) for part in np.array_split(idx, -(-idx.size // chunk))]
 
 
-def _products(stats: VoxelStats, idx: NDArray[np.intp], XtX, ZtX, ZtZ) -> Products:
-    """Bundle design products with the data products of some voxels."""
+def _products(
+    stats: VoxelStats, idx: NDArray[np.intp], columns: NDArray[np.intp], XtX, ZtX, ZtZ
+) -> Products:
+    """Bundle design products with the data products of some voxels.
+
+    ``columns``: the Z'Y columns in the engine's factor order.
+    """
+    ZtY = stats.ZtY[idx]
+    if np.any(columns != np.arange(columns.size)):
+        ZtY = ZtY[:, columns]
     return Products(
         XtX,
         ZtX,
         ZtZ,
         stats.XtY[idx],
-        stats.ZtY[idx],
+        ZtY,
         stats.YtY[idx],
         stats.n[idx].astype(np.float64),
     )
@@ -161,12 +176,12 @@ def estimate_voxels(
     nit = np.zeros(v, dtype=np.int64)
     status = np.full(v, int(Status.OUTSIDE), dtype=np.int64)
     done = 0
-    for idx, products, engine_re in _groups(stats, X, factors, keep, chunk):
+    for idx, products, engine_re, order in _groups(stats, X, factors, keep, chunk):
         res = fit(products, engine_re, method=method, reml=reml, tol=tol, maxnit=maxnit)
         beta[idx], sigma2[idx], llh[idx] = res.beta, res.sigma2, res.llh
         nit[idx], status[idx] = res.nit, res.status
-        for Dk, Rk in zip(D, res.D, strict=True):
-            Dk[idx] = Rk
+        for k, Rk in zip(order, res.D, strict=True):  # back to the config's order
+            D[k][idx] = Rk
         done += idx.size
         logger.info("fitted %d of %d voxels", done, int(keep.sum()))
     counts = {Status(s).name: int((status == s).sum()) for s in np.unique(status)}
@@ -203,11 +218,11 @@ def infer_voxels(
         out[name] = np.zeros((v, n_f))
     ok = is_fitted(fitted.status)
     Ls = [c.L for c in contrasts]
-    for idx, products, re in _groups(stats, X, factors, ok, chunk):
+    for idx, products, re, order in _groups(stats, X, factors, ok, chunk):
         sub = FitResult(
             fitted.beta[idx],
             fitted.sigma2[idx],
-            [Dk[idx] for Dk in fitted.D],
+            [fitted.D[k][idx] for k in order],
             fitted.llh[idx],
             fitted.nit[idx],
             fitted.status[idx],

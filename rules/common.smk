@@ -16,6 +16,7 @@ from blmm_scripts.batching import BATCH_ARRAYS
 from blmm_scripts.maps import map_names
 from blmm_scripts.partition import job_mem_mb, make_plan
 from blmm_scripts.simulate import planned_inputs
+from blmm_scripts.structure import RandomEffects, largest_first
 
 validate(config, schema="../config/config.schema.yaml")
 # Jobs spawned by Snakemake re-parse this file; only the main process reads the
@@ -43,7 +44,10 @@ PLAN = make_plan(
     (
         blmm_grouped.engine_effects(INPUTS.factors[0], INPUTS.p)
         if GROUPED
-        else INPUTS.random_effects
+        # the engine takes the largest factor first (its bordered layout)
+        else RandomEffects.of(
+            [INPUTS.factors[k] for k in largest_first(INPUTS.factors)]
+        )
     ),
     levels=INPUTS.factors[0].codes[IMAGE_ORDER] if GROUPED else None,
 )
