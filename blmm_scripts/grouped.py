@@ -260,16 +260,17 @@ def _partial_voxels(
     voxel = partial[pv]
     y = ybar[pl, voxel]  # the level's sum at the voxel (missing images are 0)
     A_partial = np.broadcast_to(A, (partial.size, *A.shape)).copy()
-    np.add.at(A_partial, (pv, g_full - 1), -np.einsum("ka,kb->kab", x_full, x_full))
-    np.add.at(m, (voxel, g_full - 1), -1)
-    np.add.at(b, (voxel, g_full - 1), -y[:, None] * x_full)
-    np.add.at(c, (voxel, g_full - 1), -y * y)
-    left = g_left >= 1  # the level still has an image at the voxel
-    pv, voxel, y, x_left, g = (a[left] for a in (pv, voxel, y, x_left, g_left))
-    np.add.at(A_partial, (pv, g - 1), np.einsum("ka,kb->kab", x_left, x_left))
-    np.add.at(m, (voxel, g - 1), 1)
-    np.add.at(b, (voxel, g - 1), y[:, None] * x_left)
-    np.add.at(c, (voxel, g - 1), y * y)
+
+    def move(sign: int, at: NDArray[np.bool_], x: NDArray, g: NDArray) -> None:
+        """Add (sign 1) or take away (-1) levels' sums in the group of size g."""
+        v, k, yk, xk = voxel[at], pv[at], y[at], x[at]
+        np.add.at(A_partial, (k, g[at] - 1), sign * np.einsum("ka,kb->kab", xk, xk))
+        np.add.at(m, (v, g[at] - 1), sign)
+        np.add.at(b, (v, g[at] - 1), sign * yk[:, None] * xk)
+        np.add.at(c, (v, g[at] - 1), sign * yk * yk)
+
+    move(-1, np.ones(pv.size, dtype=bool), x_full, g_full)  # out of its full size
+    move(1, g_left >= 1, x_left, g_left)  # into its size at the voxel, if any left
     return partial, A_partial, XtX_partial
 
 

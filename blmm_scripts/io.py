@@ -88,7 +88,7 @@ def image_grid(path: Path) -> tuple[tuple[int, ...], NDArray[np.float64]]:
     """
     block = _nifti1_header(Path(path))
     if block is not None:
-        shape, affine = _parse_nifti1(block)
+        shape, affine, _ = _parse_nifti1(block)
         return shape, affine.copy()
     img = nib.load(str(path))
     return _spatial(img.shape), np.asarray(img.affine, dtype=np.float64)
@@ -123,39 +123,31 @@ def _nifti1_header(path: Path) -> bytes | None:
     return block
 
 
-@functools.lru_cache(maxsize=256)
-def _data_layout(block: bytes) -> tuple | None:
-    """Return (dtype, shape, offset, slope, intercept) of a NIfTI-1 data block.
-
-    None where nibabel would scale in a way a plain read cannot repeat.
-    """
-    endian = "<" if int.from_bytes(block[:4], "little") == _NIFTI1_SIZE else ">"
-    try:
-        header = nib.Nifti1Header(block, endianness=endian, check=True)
-        dtype = header.get_data_dtype()
-    except Exception:
-        return None
-    if dtype.fields is not None or dtype.kind not in "biuf":
-        return None
-    slope, inter = header.get_slope_inter()
-    slope = 1.0 if slope is None or not np.isfinite(slope) else float(slope)
-    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
-    shape = tuple(int(s) for s in header.get_data_shape())
-    return dtype, shape, int(header["vox_offset"]), slope, inter
-
-
 def _fortran_index(flat: NDArray[np.intp], shape: tuple[int, ...]) -> NDArray[np.intp]:
     """Return the positions in Fortran (on-disk) order of C-order flat indices."""
     return np.ravel_multi_index(np.unravel_index(flat, shape), shape, order="F")
 
 
 @functools.lru_cache(maxsize=256)
-def _parse_nifti1(block: bytes) -> tuple[tuple[int, ...], NDArray[np.float64]]:
-    """Return (spatial shape, affine) of a NIfTI-1 header, as ``nibabel.load`` does."""
+def _parse_nifti1(block: bytes) -> tuple[tuple[int, ...], NDArray[np.float64], tuple]:
+    """Return the spatial shape, affine and data layout of a NIfTI-1 header.
+
+    Shape and affine as ``nibabel.load`` gives them; the layout is (dtype, shape,
+    offset, slope, intercept) of the data block, or None where nibabel would read
+    it in a way a plain read cannot repeat.
+    """
     endian = "<" if int.from_bytes(block[:4], "little") == _NIFTI1_SIZE else ">"
     header = nib.Nifti1Header(block, endianness=endian, check=True)
     affine = np.asarray(header.get_best_affine(), dtype=np.float64)
-    return _spatial(header.get_data_shape()), affine
+    shape = tuple(int(s) for s in header.get_data_shape())
+    layout = None
+    dtype = header.get_data_dtype()
+    if dtype.fields is None and dtype.kind in "biuf":
+        slope, inter = header.get_slope_inter()
+        slope = 1.0 if slope is None or not np.isfinite(slope) else float(slope)
+        inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+        layout = (dtype, shape, int(header["vox_offset"]), slope, inter)
+    return _spatial(shape), affine, layout
 
 
 def load_volume(path: Path) -> NDArray[np.float64]:
@@ -216,7 +208,10 @@ def _voxel_values(
     path = Path(path)
     block = _nifti1_header(path) if not path.name.endswith(".gz") else None
     if block is not None:
-        layout = _data_layout(block)
+        try:
+            layout = _parse_nifti1(block)[2]
+        except Exception:  # nibabel below says what is wrong with the header
+            layout = None
         if layout is not None:
             dtype, shape, offset, slope, inter = layout
             count = int(np.prod(shape))
