@@ -58,11 +58,18 @@ def load_stats(arrays: dict[str, NDArray]) -> Stats:
     return VoxelStats.from_arrays(arrays)
 
 
-def engine_effects(stats: Stats, factors: Sequence[Factor], p: int) -> RandomEffects:
-    """Return the structure the engine fits for these statistics."""
-    if isinstance(stats, GroupedStats):
+def engine_structure(
+    factors: Sequence[Factor], p: int, is_grouped: bool
+) -> RandomEffects:
+    """Return the structure the engine fits: pseudo-levels, or the largest first."""
+    if is_grouped:
         return grouped.engine_effects(factors[0], p)
     return RandomEffects.of([factors[k] for k in largest_first(factors)])
+
+
+def engine_effects(stats: Stats, factors: Sequence[Factor], p: int) -> RandomEffects:
+    """Return the structure the engine fits for these statistics."""
+    return engine_structure(factors, p, isinstance(stats, GroupedStats))
 
 
 def _groups(

@@ -16,7 +16,7 @@ from blmm_scripts.batching import BATCH_ARRAYS
 from blmm_scripts.maps import map_names
 from blmm_scripts.partition import job_mem_mb, make_plan
 from blmm_scripts.simulate import planned_inputs
-from blmm_scripts.structure import RandomEffects, largest_first
+from blmm_scripts.voxelwise import engine_structure
 
 validate(config, schema="../config/config.schema.yaml")
 # Jobs spawned by Snakemake re-parse this file; only the main process reads the
@@ -41,14 +41,7 @@ PLAN = make_plan(
     math.prod(INPUTS.shape),
     INPUTS.n_voxels,
     INPUTS.p,
-    (
-        blmm_grouped.engine_effects(INPUTS.factors[0], INPUTS.p)
-        if GROUPED
-        # the engine takes the largest factor first (its bordered layout)
-        else RandomEffects.of(
-            [INPUTS.factors[k] for k in largest_first(INPUTS.factors)]
-        )
-    ),
+    engine_structure(INPUTS.factors, INPUTS.p, GROUPED),
     levels=INPUTS.factors[0].codes[IMAGE_ORDER] if GROUPED else None,
 )
 # The files of one image batch: one .npz of grouped sums, or one .npy per array
