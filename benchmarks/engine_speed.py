@@ -24,17 +24,12 @@ from __future__ import annotations
 
 import os
 
-# Pin BLAS/OpenMP to one thread before numpy is imported (reported in the JSON).
-THREAD_VARS = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
-for _v in THREAD_VARS:
-    os.environ[_v] = "1"
+# Pin BLAS, OpenMP and numba to one thread before numpy is imported (reported in
+# the JSON).
+from blmm_scripts.threads import THREAD_VARIABLES as THREAD_VARS
+from blmm_scripts.threads import pin_threads
+
+pin_threads(1)
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -24,6 +24,9 @@ lmerTest differentiates (numerically) for its Satterthwaite degrees of freedom.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
@@ -105,10 +108,99 @@ class Profile:
         return ZtViY - np.einsum("vqp,vp->vq", self.F, self.beta)
 
 
+@dataclass(frozen=True)
+class FusedProfile(Profile):
+    """A :class:`Profile` computed by the compiled kernels (one random factor).
+
+    It keeps no per-level arrays: ``wood.G``, ``GZtX`` and ``GZtY`` are None, and
+    F and s (used by inference) come from the numpy path when asked for.
+    """
+
+    sqrtD: tuple[NDArray[np.float64], ...] = ()
+
+    @cached_property
+    def reference(self) -> Profile:
+        """The same profile by the numpy path (with its per-level arrays)."""
+        return _numpy_profile(self.products, self.re, list(self.sqrtD), self.reml)
+
+    @cached_property
+    def F(self) -> NDArray[np.float64]:
+        """Z'V^-1 X, shape (v, q, p)."""
+        return self.reference.F
+
+    @cached_property
+    def s(self) -> NDArray[np.float64]:
+        """Z'V^-1 ê, shape (v, q)."""
+        return self.reference.s
+
+
+#: Use the compiled kernels (:mod:`blmm_scripts.kernels`) for one random factor;
+#: ``BLMM_ENGINE=numpy`` (or :func:`numpy_engine`) takes the numpy reference path.
+USE_KERNELS = os.environ.get("BLMM_ENGINE", "numba") != "numpy"
+
+
+@contextmanager
+def numpy_engine() -> Iterator[None]:
+    """Run the enclosed code on the numpy reference path (to test the kernels)."""
+    global USE_KERNELS
+    saved, USE_KERNELS = USE_KERNELS, False
+    try:
+        yield
+    finally:
+        USE_KERNELS = saved
+
+
+def _kernel_inputs(pr: Products, re: RandomEffects, lam: NDArray) -> tuple:
+    """Arguments shared by both kernels, contiguous float64."""
+    from blmm_scripts.kernels import as_weight
+
+    def c(a: NDArray) -> NDArray:
+        return np.ascontiguousarray(a, dtype=np.float64)
+
+    return (
+        c(pr.ZtZ),
+        c(pr.ZtX),
+        c(pr.ZtY),
+        c(lam),
+        as_weight(pr.level_weight, re.n_levels[0]),
+    )
+
+
 def profile(
     products: Products, re: RandomEffects, sqrtD: list[NDArray], reml: bool
 ) -> Profile:
     """Return the :class:`Profile` of a stack of voxels at D = sqrtD sqrtD'."""
+    if not (USE_KERNELS and re.one_factor):
+        return _numpy_profile(products, re, sqrtD, reml)
+    from blmm_scripts.kernels import profile_sums
+
+    pr = products
+    A, ZtX, ZtY, lam, w = _kernel_inputs(pr, re, sqrtD[0])
+    logdet, XtViX, XtViY, YtViY = profile_sums(
+        A,
+        ZtX,
+        ZtY,
+        lam,
+        w,
+        np.ascontiguousarray(pr.XtX, dtype=np.float64),
+        np.ascontiguousarray(pr.XtY, dtype=np.float64),
+        np.ascontiguousarray(pr.YtY, dtype=np.float64),
+    )
+    H, logdetX = spd_inv_logdet(XtViX)
+    beta = np.einsum("vpr,vr->vp", H, XtViY)
+    S = YtViY - np.einsum("vp,vp->v", beta, XtViY)
+    p = pr.XtX.shape[-1]
+    n_eff = pr.n - p if reml else pr.n.astype(np.float64)
+    wood = Woodbury(re, None, logdet)
+    return FusedProfile(
+        pr, re, reml, wood, XtViX, H, logdetX, beta, S, n_eff, None, None, (lam,)
+    )
+
+
+def _numpy_profile(
+    products: Products, re: RandomEffects, sqrtD: list[NDArray], reml: bool
+) -> Profile:
+    """Return the profile by the numpy path (every layout; per-level arrays kept)."""
     pr = products
     wood = woodbury(pr.ZtZ, re, sqrtD, pr.level_weight)
     GZtX = wood.apply(pr.ZtX)
@@ -386,8 +478,64 @@ def score_D(curv: BlockCurvature, sigma2: NDArray, weight: Weight) -> list[NDArr
     ]
 
 
+class FusedCurvature(BlockCurvature):
+    """The sums of :class:`BlockCurvature` (one factor) from the compiled kernel.
+
+    One pass over each voxel's levels (:func:`blmm_scripts.kernels.curvature_sums`)
+    gives every level sum; the terms below combine them exactly as
+    :func:`_low_rank_trace` and :func:`_low_rank_data` do.
+    """
+
+    def __init__(self, prof: FusedProfile) -> None:
+        """Compute the level sums at `prof`."""
+        from blmm_scripts.kernels import curvature_sums
+
+        self.prof = prof
+        self.re = prof.re
+        self.v = prof.beta.shape[0]
+        (
+            self.sum_ss,
+            self.sum_Bw,
+            self.sum_C,
+            self.sum_BwBv,
+            self.sum_BC,
+            self.sum_FF,
+            self.sum_ssBv,
+            self.sum_sF,
+        ) = curvature_sums(
+            *_kernel_inputs(prof.products, prof.re, prof.sqrtD[0]),
+            np.ascontiguousarray(prof.H),
+            np.ascontiguousarray(prof.beta),
+        )
+
+    def ss(self, k: int) -> NDArray:
+        """Σ_j s_j s_j', shape (v, q0, q0)."""
+        return self.sum_ss
+
+    def diag_sum(self, k: int, weight: Weight) -> NDArray:
+        """Σ_j R_jj, R = Z'V^-1 Z (V_INV) or Z'PZ (P)."""
+        return self.sum_Bw - self.sum_C if weight is Weight.P else self.sum_Bw
+
+    def trace_term(self, k1: int, k2: int, weight: Weight) -> NDArray:
+        """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d]."""
+        if weight is Weight.V_INV:
+            return self.sum_BwBv.transpose(0, 3, 1, 2, 4)
+        cross = self.sum_BwBv - self.sum_BC
+        S = self.sum_FF.transpose(0, 1, 3, 2, 4)  # (v, x, y, m, n)
+        QS = self.prof.H[:, None, None] @ S
+        return cross.transpose(0, 3, 1, 2, 4) + np.einsum("vcdij,vabji->vabcd", QS, QS)
+
+    def data_term(self, k1: int, k2: int) -> NDArray:
+        """U[v,a,b,c,d] = Σ_ij s_i[a] P_ij[b,c] s_j[d]."""
+        U = self.sum_ssBv.transpose(0, 1, 3, 4, 2)
+        E = self.sum_sF
+        return U - np.einsum("vabm,vmn,vdcn->vabcd", E, self.prof.H, E)
+
+
 def curvature(prof: Profile) -> BlockCurvature:
     """Return the level-pair sums of `prof` for its Z'Z layout."""
+    if isinstance(prof, FusedProfile):
+        return FusedCurvature(prof)
     if prof.re.bordered:
         return BorderedCurvature(prof)
     return BlockCurvature(prof)

@@ -13,12 +13,14 @@ from blmm_scripts._logging import log_to_file
 from blmm_scripts.config import Contrast
 from blmm_scripts.design import Design
 from blmm_scripts.partition import chunk_for_job
+from blmm_scripts.threads import pin_threads
 from blmm_scripts.voxelwise import engine_effects, fit_from, infer_voxels, load_stats
 
 if TYPE_CHECKING:  # stub for linters and IDEs only
     from snakemake.iocontainers import snakemake
 
 with log_to_file(snakemake.log[0]):
+    pin_threads(snakemake.threads)
     par = snakemake.params
     design = Design.from_arrays(io.load_arrays(snakemake.input.design))
     fitted, _ = fit_from(io.load_arrays(snakemake.input.fit))

@@ -1,0 +1,204 @@
+"""The compiled kernels (blmm_scripts.kernels) against the numpy reference path.
+
+Both compute the same formulas in a different order, so they must agree to
+rounding: 1e-10 of each array's scale (measured: below 1e-11 on these studies) for
+every estimate and statistic, for a random intercept (the scalar kernel), intercept
+and slope (the 2 x 2 kernel), two slopes (the general kernel), grouped pseudo-levels
+(level weights), inner and ring voxels, interior and boundary fits, REML and ML and
+the four methods.  On data with a large mean the kernels are the more accurate of
+the two (benchmarks/README.md, "Compiled kernels").
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from blmm_scripts import likelihood
+from blmm_scripts._linalg import psd_sqrt
+from blmm_scripts.estimation import METHODS, fit
+from blmm_scripts.inference import infer
+from blmm_scripts.likelihood import (
+    FusedProfile,
+    Weight,
+    curvature,
+    numpy_engine,
+    observed_information,
+    profile,
+    score_D,
+)
+from blmm_scripts.products import design_products, ring_design_products
+from blmm_scripts.structure import Factor, Products, RandomEffects, build_Z
+
+TOL = 1e-10
+CONTRASTS = [np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 1.0]), np.eye(3)[1:]]
+STATISTICS = (
+    "covB",
+    "con",
+    "conSE",
+    "conT",
+    "conT_swedf",
+    "conTlp",
+    "conF",
+    "conF_swedf",
+    "conFlp",
+    "conR2",
+)
+RANEFFS = {"intercept": 1, "slope": 2, "two_slopes": 3}
+
+
+def study(raneffs, seed=7, n_sub=30, visits=5, n_voxels=16, missing=0.0):
+    """Return the products and structure of a one-factor study.
+
+    Voxels 0-3 have no random effect (fits on the boundary); with `missing` > 0
+    images are missing at random at every voxel (ring voxels, per-voxel design).
+    """
+    rng = np.random.default_rng(seed)
+    n = n_sub * visits
+    subject = rng.permutation(np.repeat(np.arange(n_sub), visits))
+    time = rng.uniform(0.0, 3.0, n)
+    X = np.column_stack([np.ones(n), time, rng.normal(size=n)])
+    covariates = np.column_stack([np.ones(n), time, rng.normal(size=n)])
+    factor = Factor.from_labels(subject, covariates[:, :raneffs], "subject")
+    Z = build_Z([factor])
+    b = rng.normal(size=(Z.shape[1], n_voxels)) * rng.uniform(0.3, 1.5, n_voxels)
+    b[:, :4] = 0.0
+    Y = X @ rng.normal(size=(3, n_voxels)) + Z @ b + rng.normal(size=(n, n_voxels))
+    present = rng.random(Y.shape) >= missing
+    Y0 = np.where(present, Y, 0.0)
+    if present.all():
+        XtX, ZtX, ZtZ = design_products(X, [factor])
+    else:
+        XtX, ZtX, ZtZ = ring_design_products(X, [factor], sp.csr_matrix(~present.T))
+    products = Products(
+        XtX, ZtX, ZtZ, Y0.T @ X, Y0.T @ Z, (Y0**2).sum(0), present.sum(0) * 1.0
+    )
+    return products, RandomEffects.of([factor])
+
+
+def with_weights(products, seed=3):
+    """Return the products with level weights other than 1 (as pseudo-levels have)."""
+    rng = np.random.default_rng(seed)
+    weight = rng.uniform(0.5, 3.0, (1, products.ZtZ.shape[1]))
+    return replace(products, level_weight=weight)
+
+
+def scaled_difference(a, b, where=None):
+    """Return max |a - b| (over `where`, default all) over max |b| (NaN = NaN)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    keep = ~np.isnan(b)
+    if not keep.any():
+        return 0.0
+    scale = max(np.abs(b[keep]).max(), 1e-300)
+    if where is not None:
+        keep &= np.broadcast_to(where.reshape(-1, *[1] * (b.ndim - 1)), b.shape)
+    return np.abs(a[keep] - b[keep]).max(initial=0.0) / scale
+
+
+def both_paths(products, re, **kw):
+    """Fit and infer by the kernels and by numpy; return both pairs."""
+    fitted = fit(products, re, **kw)
+    stats = infer(products, re, fitted, CONTRASTS)
+    with numpy_engine():
+        ref = fit(products, re, **kw)
+        ref_stats = infer(products, re, ref, CONTRASTS)
+    return (fitted, stats), (ref, ref_stats)
+
+
+def rank_deficient(D):
+    """Return where a fitted D (v, k, k) is singular but not zero (k > 1 only)."""
+    w = np.linalg.eigvalsh(D)
+    return (w[:, 0] < 1e-8 * np.maximum(w[:, -1], 1e-300)) & (w[:, -1] > 0)
+
+
+def assert_same(ours, ref, tol=1e-6):
+    """Every estimate and statistic within TOL of the reference.
+
+    Where the fitted D is singular but not zero (two or more random effects on a
+    face of the PSD cone), the fit stops when the log-likelihood changes by less
+    than `tol` and Newton polishing does not apply (estimation._polish), so both
+    paths end within tol of the optimum by different routes: there the
+    log-likelihoods must agree to 10 tol and the estimates to 1e-3 of the
+    array's scale.
+    """
+    (fitted, stats), (rfit, rstats) = ours, ref
+    np.testing.assert_array_equal(fitted.status, rfit.status)
+    face = rank_deficient(rfit.D[0]) | rank_deficient(fitted.D[0])
+    if face.any():
+        assert np.abs(fitted.llh[face] - rfit.llh[face]).max() < 10 * tol
+        assert scaled_difference(fitted.beta, rfit.beta, face) < 1e-3
+        assert scaled_difference(fitted.D[0], rfit.D[0], face) < 1e-3
+    keep = ~face
+    for name in ("beta", "sigma2", "llh"):
+        a, b = getattr(fitted, name), getattr(rfit, name)
+        assert scaled_difference(a, b, keep) < TOL, name
+    for Dk, Rk in zip(fitted.D, rfit.D, strict=True):
+        assert scaled_difference(Dk, Rk, keep) < TOL, "D"
+    for name in STATISTICS:
+        a, b = getattr(stats, name), getattr(rstats, name)
+        assert scaled_difference(a, b, keep) < TOL, name
+
+
+@pytest.mark.parametrize("shape", list(RANEFFS))
+@pytest.mark.parametrize("missing", [0.0, 0.1])
+@pytest.mark.parametrize("weights", [False, True])
+def test_sums_equal_reference_at_fixed_D(shape, missing, weights):
+    """Log-likelihood, score and both informations at a given D, every layout."""
+    products, re = study(RANEFFS[shape], missing=missing)
+    if weights:
+        products = with_weights(products)
+    rng = np.random.default_rng(5)
+    k = RANEFFS[shape]
+    B = rng.normal(size=(products.n_voxels, k, k))
+    sqrt = [psd_sqrt(B @ B.swapaxes(-1, -2))[1]]
+    results = []
+    for engine in ("kernels", "numpy"):
+        with numpy_engine() if engine == "numpy" else nullcontext():
+            prof = profile(products, re, sqrt, True)
+            assert isinstance(prof, FusedProfile) == (engine == "kernels")
+            curv = curvature(prof)
+            out = {"llh": prof.llh(), "beta": prof.beta, "H": prof.H}
+            for weight in Weight:
+                out[f"score {weight}"] = score_D(curv, prof.sigma2, weight)[0]
+                out[f"T {weight}"] = curv.trace_term(0, 0, weight)
+            out["U"] = curv.data_term(0, 0)
+            out["J"] = observed_information(prof, prof.sigma2)
+            out["F"], out["s"] = prof.F, prof.s
+            results.append(out)
+    for name in results[0]:
+        assert scaled_difference(results[0][name], results[1][name]) < TOL, name
+
+
+@pytest.mark.parametrize("shape", list(RANEFFS))
+@pytest.mark.parametrize("missing", [0.0, 0.1])
+@pytest.mark.parametrize("reml", [True, False])
+def test_fit_and_inference_equal_reference(shape, missing, reml):
+    """Estimates and statistics, interior and boundary voxels, REML and ML."""
+    products, re = study(RANEFFS[shape], missing=missing)
+    assert_same(*both_paths(products, re, reml=reml))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_equal_reference(method):
+    """The four scoring methods take the same steps on both paths."""
+    products, re = study(2, missing=0.1)
+    assert_same(*both_paths(products, re, method=method))
+
+
+def test_weighted_levels_equal_reference():
+    """Level weights (grouped pseudo-levels) enter log|V|, Σ R_jj, Σ R_jj ⊗ R_jj."""
+    products, re = study(1, missing=0.1)
+    assert_same(*both_paths(with_weights(products), re))
+
+
+def test_numpy_engine_is_restored():
+    """numpy_engine switches the kernels off only inside its block."""
+    assert likelihood.USE_KERNELS
+    with numpy_engine():
+        assert not likelihood.USE_KERNELS
+    assert likelihood.USE_KERNELS
