@@ -56,6 +56,9 @@ NUMPY_FUNCTIONS = frozenset(
     {"log", "log2", "log10", "log1p", "exp", "sqrt", "abs", "square", "power"}
 )
 
+#: Level labels of a factor listed in inputs.yml and the setup log (then a count).
+SHOWN_LEVELS = 20
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -269,8 +272,16 @@ class FormulaDesign:
                     "levels": int(f.n_levels),
                     "q": int(f.n_raneffs),
                     "effects": list(e),
+                    "labels": list(labels[:SHOWN_LEVELS])
+                    + (
+                        [f"... ({len(labels) - SHOWN_LEVELS} more)"]
+                        if len(labels) > SHOWN_LEVELS
+                        else []
+                    ),
                 }
-                for f, e in zip(self.factors, self.effects, strict=True)
+                for f, e, labels in zip(
+                    self.factors, self.effects, self.levels, strict=True
+                )
             ],
             "dropped_rows": list(self.dropped),
         }

@@ -370,12 +370,29 @@ def contrast_volumes(contrasts: Sequence) -> dict[str, dict]:
     Parameters
     ----------
     contrasts : sequence of blmm_scripts.config.Contrast
+
+    Returns
+    -------
+    dict
+        ``{"c1": {"name", "stat", "volume", "title"}, ...}``; the title names the
+        contrast and, for one written with coefficient names, what it tests
+        (``c3 (age_vs_time: age - time), T contrast``).
     """
     out: dict[str, dict] = {}
     counts = {"T": 0, "F": 0}
     for i, c in enumerate(contrasts, start=1):
         stat = "F" if c.is_f else "T"
-        out[f"c{i}"] = {"name": c.name or f"c{i}", "stat": stat, "volume": counts[stat]}
+        name = c.name or f"c{i}"
+        expression = getattr(c, "expression", None)
+        if expression is not None:
+            tested = expression if isinstance(expression, str) else "; ".join(expression)
+            name = f"{name}: {tested}"
+        out[f"c{i}"] = {
+            "name": c.name or f"c{i}",
+            "stat": stat,
+            "volume": counts[stat],
+            "title": f"c{i} ({name}), {stat} contrast",
+        }
         counts[stat] += 1
     return out
 
