@@ -385,8 +385,9 @@ def contrast_volumes(contrasts: Sequence) -> dict[str, dict]:
         name = c.name or f"c{i}"
         expression = getattr(c, "expression", None)
         if expression is not None:
-            tested = expression if isinstance(expression, str) else "; ".join(expression)
-            name = f"{name}: {tested}"
+            if not isinstance(expression, str):
+                expression = "; ".join(expression)
+            name = f"{name}: {expression}"
         out[f"c{i}"] = {
             "name": c.name or f"c{i}",
             "stat": stat,
