@@ -908,7 +908,12 @@ def load(
     settings = _parse_settings(config, workdir, problems)
     if settings is None:
         raise ConfigError(problems)
-    if planned is not None and settings.simulate and not settings.Y_files.exists():
+    if (
+        planned is not None
+        and settings.simulate
+        and settings.Y_files is not None
+        and not settings.Y_files.exists()
+    ):
         if problems:
             raise ConfigError(problems)
         return settings, planned(settings)
