@@ -454,14 +454,14 @@ def test_rank_deficient_names_the_aliased(study):
 
 @pytest.mark.parametrize("key", ["X", "Z", "Y_files", "data_mask_files"])
 def test_data_with_a_blmm_design(study, key):
-    """data together with X, Z, Y_files or data_mask_files names both."""
+    """A table together with X, Z, Y_files or data_mask_files: both named."""
     blmm = read(study.parent / "config.yaml")
     config = read(study) | {key: blmm[key]}
     one(problems_of(config, study.parent), f"data and {key}", "one or the other")
 
 
 def test_model_without_data(tiny_study):
-    """model (or masks) given to a BLMM config."""
+    """A model (or masks) given to a BLMM config is refused."""
     config = read(tiny_study) | {"model": "~ x"}
     one(problems_of(config, tiny_study.parent), "model: needs data")
 
