@@ -313,30 +313,24 @@ def test_contrasts_by_name_in_a_config(study):
     assert titles[3] == "c4 (d), T contrast"
 
 
-def test_unknown_contrast_name(study):
-    """An unknown coefficient name lists the available ones."""
-    config = read(study)
-    config["contrasts"][0]["c1"]["vector"] = "age - tiem"
-    one(
-        problems_of(config, study.parent),
-        "contrasts c1 (time)",
-        "'tiem' is not a coefficient",
-        "Intercept, time, age, group[T.pat]",
-    )
-
-
-def test_names_need_a_formula(tiny_study):
-    """A BLMM config (X) cannot take contrasts by name: it has no names."""
-    config = read(tiny_study)
-    config["contrasts"][0]["c1"]["vector"] = "age - time"
-    one(problems_of(config, tiny_study.parent), "c1 (time)", "needs a formula")
-
-
-def test_mixed_list_contrast(study):
-    """A list mixing names and numbers is refused."""
-    config = read(study)
-    config["contrasts"][0]["c1"]["vector"] = ["age", 1]
-    one(problems_of(config, study.parent), "c1 (time)", "mixes coefficient names")
+@pytest.mark.parametrize(
+    ("fixture", "vector", "words"),
+    [
+        (
+            "study",
+            "age - tiem",
+            ["'tiem' is not a coefficient", "Intercept, time, age"],
+        ),
+        ("tiny_study", "age - time", ["needs a formula"]),  # X has no names
+        ("study", ["age", 1], ["mixes coefficient names"]),
+    ],
+)
+def test_bad_contrast_by_name(request, fixture, vector, words):
+    """An unknown name (listing the coefficients), names without a formula, a mix."""
+    path = request.getfixturevalue(fixture)
+    config = read(path)
+    config["contrasts"][0]["c1"]["vector"] = vector
+    one(problems_of(config, path.parent), "contrasts c1 (time)", *words)
 
 
 # ---- the table -------------------------------------------------------------------

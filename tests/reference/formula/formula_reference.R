@@ -19,16 +19,10 @@
 # Contrasts are written here with lme4's names; the Python test writes the same ones
 # with formulaic's names (age:sex[T.M], group[T.b] - group[T.c]).
 
-suppressPackageStartupMessages({
-  library(lme4)
-  library(lmerTest)
-})
+suppressPackageStartupMessages(library(lmerTest))  # attaches lme4 too
 
-script_dir <- local({
-  a <- commandArgs(trailingOnly = FALSE)
-  f <- sub("^--file=", "", a[grepl("^--file=", a)])
-  if (length(f)) dirname(normalizePath(f[1])) else getwd()
-})
+# Run from the repository root (see Usage); inputs are read from this folder.
+script_dir <- file.path("tests", "reference", "formula")
 args <- commandArgs(trailingOnly = TRUE)
 out_dir <- if (length(args) >= 1) args[1] else script_dir
 

@@ -166,7 +166,8 @@ def test_named_contrasts_agree_with_lmertest(estimation):
 def test_r_script_reproduces_committed_values(tmp_path):
     """Rerunning formula_reference.R gives the committed numbers."""
     script = HERE / "formula_reference.R"
-    subprocess.run(["Rscript", str(script), str(tmp_path)], check=True)
+    repo = HERE.parents[2]
+    subprocess.run(["Rscript", str(script), str(tmp_path)], check=True, cwd=repo)
     for estimation in ("REML", "ML"):
         fresh, committed = reference(estimation, tmp_path), reference(estimation)
         numbers = committed.select_dtypes("number").columns
