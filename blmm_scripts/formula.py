@@ -473,14 +473,11 @@ def build_design(
             problems.append(
                 f"{key}: column {col!r} is not in {label} (columns: {listing})"
             )
-    if len(problems) > n_before:
-        return None
-
     for col, examples in _mixed_columns(table, variables - groups).items():
         problems.append(
-            f"{label}: column {col!r} is used as a number by the model but has text "
-            f"in it ({'; '.join(examples)}); fix the cells, or mark a missing value "
-            "as empty or n/a"
+            f"{label}: column {col!r}, used by the model, is numbers with text in "
+            f"it ({'; '.join(examples)}); a number column holds numbers only (a "
+            "missing value: empty or n/a), a category text only"
         )
     if len(problems) > n_before:
         return None

@@ -425,7 +425,7 @@ def test_numeric_term_with_text(study):
     one(
         problems_of(read(study), study.parent),
         "column 'age'",
-        "text in it",
+        "numbers with text in it",
         "row sub-02: 'unknown'",
     )
 
@@ -538,3 +538,16 @@ def test_compare_fixed_effect_by_name(study):
             "~ time + group + (1 | participant_id)",
             estimation="ML",
         )
+
+
+def test_table_problems_reported_together(study):
+    """A grouping factor absent and text in a number column: both reported."""
+    path = study.parent / "data" / "participants.tsv"
+    df = pd.read_csv(path, sep="\t", dtype=str)
+    df.loc[3, "age"] = "unknown"
+    df.to_csv(path, sep="\t", index=False)
+    config = read(study) | {"model": "~ time + age + (1 | subject)"}
+    problems = problems_of(config, study.parent)
+    assert len(problems) == 2, problems
+    assert "grouping factor 'subject'" in problems[0]
+    assert "column 'age'" in problems[1]
