@@ -298,14 +298,13 @@ class FormulaDesign:
 
 
 def _check_expression(expr: str, columns: set[str]) -> set[str]:
-    """Return the columns a term's Python expression names.
+    """Return the names a term's Python expression uses, transforms left out.
 
     Raises
     ------
     FormulaError
-        For a name that is neither a column nor an allowed transform, and for any
-        construct other than names, numbers, strings, arithmetic and calls of
-        allowed functions.
+        For any construct other than names, numbers, strings, arithmetic and
+        calls of allowed functions.
     """
     try:
         tree = ast.parse(expr, mode="eval")
@@ -334,11 +333,14 @@ def _check_expression(expr: str, columns: set[str]) -> set[str]:
                 f"term {expr!r}: {ast.unparse(node)} is not allowed (numpy functions "
                 f"allowed: np.{', np.'.join(sorted(NUMPY_FUNCTIONS))})"
             )
-        if isinstance(node, ast.Name) and node.id not in ("np", "contr"):
-            if node.id in columns:
-                used.add(node.id)
-            elif node.id not in TRANSFORMS:
-                raise FormulaError(f"column {node.id!r} (in term {expr!r})")
+        if isinstance(node, ast.Name) and node.id.startswith("_"):
+            raise FormulaError(f"term {expr!r}: the name {node.id!r} is not allowed")
+        if (
+            isinstance(node, ast.Name)
+            and node.id not in ("np", "contr")
+            and (node.id in columns or node.id not in TRANSFORMS)
+        ):
+            used.add(node.id)
         if isinstance(node, ast.Constant) and not isinstance(
             node.value, int | float | str
         ):
@@ -347,13 +349,15 @@ def _check_expression(expr: str, columns: set[str]) -> set[str]:
 
 
 def formula_variables(formula: str, columns: Sequence[str]) -> set[str]:
-    """Return the table columns a formulaic formula uses, every term checked safe.
+    """Return the names a formulaic formula uses as data, every term checked safe.
+
+    Names that are not columns of the table are returned too (the caller reports
+    them); formulaic's transforms are not.
 
     Raises
     ------
     FormulaError
-        ``column 'x' ...`` for a name that is not a column (see
-        :func:`_check_expression`), or an expression that is not allowed.
+        For an expression that is not allowed (see :func:`_check_expression`).
     """
     from formulaic import Formula
     from formulaic.parser.types.factor import Factor as Term
@@ -363,8 +367,6 @@ def formula_variables(formula: str, columns: Sequence[str]) -> set[str]:
     for term in Formula(formula):
         for factor in term.factors:
             if factor.eval_method == Term.EvalMethod.LOOKUP:
-                if factor.expr not in cols:
-                    raise FormulaError(f"column {factor.expr!r}")
                 used.add(factor.expr)
             elif factor.eval_method == Term.EvalMethod.PYTHON:
                 used |= _check_expression(factor.expr, cols)
@@ -452,13 +454,16 @@ def build_design(
         *((f"model {t}", t.effects) for t in model.random),
     ]:
         try:
-            variables |= formula_variables(formula, columns)
+            names = formula_variables(formula, columns)
         except FormulaError as err:
+            problems.append(f"{where}: {err}")
+            continue
+        for name in sorted(names - set(columns)):
             problems.append(
-                f"{where}: {err} is not a column of {label} (columns: {listing})"
-                if str(err).startswith("column ")
-                else f"{where}: {err}"
+                f"{where}: column {name!r} is not a column of {label} (columns: "
+                f"{listing})"
             )
+        variables |= names & set(columns)
     groups: set[str] = set()
     for term in model.random:
         for col in term.group:
