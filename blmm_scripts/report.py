@@ -64,7 +64,8 @@ def run_summary(
     maps : RunMaps
     n_images : int
     settings : dict
-        The resolved config (inputs.yml): method, estimation, tol, maxnit.
+        The resolved config (inputs.yml): method, estimation, tol, maxnit, and for
+        a formula analysis the model and its coefficients.
     timings : DataFrame or None
         From :func:`benchmark_table`; one row per rule.
     """
@@ -101,6 +102,10 @@ def run_summary(
         ("convergence", "iterations, median", float(np.median(nit)) if nit.size else 0),
         ("convergence", "iterations, max", int(nit.max()) if nit.size else 0),
     ]
+    if settings.get("model"):  # a formula analysis: the model and its coefficients
+        rows.append(("settings", "model", settings["model"]))
+        coefficients = settings.get("design", {}).get("coefficients", [])
+        rows.append(("settings", "coefficients", ", ".join(coefficients)))
     for key in ("method", "estimation", "tol", "maxnit"):
         rows.append(("settings", key, settings.get(key)))
     if timings is not None and len(timings):

@@ -551,3 +551,16 @@ def test_table_problems_reported_together(study):
     assert len(problems) == 2, problems
     assert "grouping factor 'subject'" in problems[0]
     assert "column 'age'" in problems[1]
+
+
+def test_run_summary_names_the_model(study):
+    """The report's run summary lists the model and its coefficients."""
+    from blmm_scripts.report import RunMaps, run_summary
+
+    settings, inputs = load(read(study), study.parent)
+    resolved = settings.to_dict() | {"design": inputs.formula.describe()}
+    ones = np.ones((2, 2, 2), int)
+    maps = RunMaps(ones, ones * 12, ones, ones, ones.astype(bool))
+    rows = run_summary(maps, 12, resolved, None).set_index("item")["value"]
+    assert rows["model"] == "~ time + age + group + (1 | participant_id)"
+    assert rows["coefficients"] == "Intercept, time, age, group[T.pat]"
