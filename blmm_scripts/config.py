@@ -13,6 +13,12 @@ Two steps, both collecting every problem before raising one :class:`ConfigError`
    image and numbers only; one data mask per image; every image and mask exists and
    has the shape and affine of the first image.
 
+A formula analysis (keys ``data``, ``images``, ``masks``, ``model``) replaces
+``Y_files``, ``X``, ``Z`` and ``data_mask_files``: step 1 parses the formula
+(:func:`blmm_scripts.formula.parse_model`), step 2 reads the participants table,
+builds X and the factors (:func:`blmm_scripts.formula.build_design`) and resolves
+the contrasts written with coefficient names (``"age - time"``).
+
 Every default is written once, in the schema (``config/config.schema.yaml``), and
 read from there (:func:`schema_defaults`).  No value is ever passed to ``eval``: the
 value grammar is in :mod:`blmm_scripts.values`.
@@ -713,9 +719,9 @@ def _check_inputs(
     n = len(images)
 
     def image_label(i: int, kind: str = "image") -> str:
-        """Return how messages name image (or mask) i, counted from 1."""
+        """Return how messages name image (or a table's mask) i, counted from 1."""
         if formula is None:
-            return f"Y_files image {i}" if kind == "image" else f"data_mask_files {i}"
+            return f"Y_files image {i}"
         return f"data {kind} {i} (row {formula.rows[i - 1]})"
 
     shape, affine = (), np.eye(4)
