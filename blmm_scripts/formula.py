@@ -184,6 +184,8 @@ def parse_model(text: str) -> ModelFormula:
             f"{text!r} has a left-hand side {lhs.strip()!r}; the response is the "
             "images (key 'images'), so write the formula as '~ ...'"
         )
+    if not rhs.strip():
+        raise FormulaError(f"{text!r} has no terms after '~'")
     fixed, random = [], []
     for start, term in _split_top(rhs, "+"):
         where = f"at position {offset + start + 1 + len(term) - len(term.lstrip())}"

@@ -240,6 +240,7 @@ def test_random_slope_design():
         ("~ age + (1 | a | b)", ["not supported"]),
         ("y ~ age + (1 | g)", ["left-hand side", "'y'"]),
         ("age + (1 | g)", ["'~'"]),
+        ("~ ", ["no terms"]),
         ("~ age + (1 | g", ["unclosed '('", "position 9"]),
         ("~ age + sex)", ["unbalanced ')'", "position 12"]),
         ("~ age + + sex", ["'+' has no term"]),
