@@ -84,6 +84,10 @@ class Model:
     reml : bool
     label : str
         How messages name the model (e.g. its output folder).
+    formula : str or None
+        The model formula of a formula analysis (key ``model``), for messages.
+    coefficients : tuple of str or None
+        The names of the columns of X of a formula analysis.
     """
 
     images: tuple[str, ...]
@@ -92,6 +96,8 @@ class Model:
     factors: tuple[Factor, ...]
     reml: bool
     label: str = ""
+    formula: str | None = None
+    coefficients: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -159,7 +165,10 @@ def check_nested(small: Model, large: Model) -> Reference:
         Listing every reason the models are not nested.
     """
     problems: list[str] = []
-    s, lg = small.label or "small model", large.label or "large model"
+    s, lg = (
+        (m.label or which) + (f" ({m.formula})" if m.formula else "")
+        for m, which in ((small, "small model"), (large, "large model"))
+    )
     if small.images != large.images:
         if len(small.images) != len(large.images):
             problems.append(
@@ -198,9 +207,16 @@ def check_nested(small: Model, large: Model) -> Reference:
                 "compare fixed effects with estimation: ML, or give both the same X"
             )
     elif not _contains(X1, X0):
+        outside = [j for j in range(X0.shape[1]) if not _contains(X1, X0[:, [j]])]
+        named = (
+            f": {', '.join(small.coefficients[j] for j in outside)} not in the span "
+            f"of {lg}'s"
+            if small.coefficients
+            else ""
+        )
         problems.append(
             f"the fixed effects of {s} (X, p = {X0.shape[1]}) are not contained in "
-            f"those of {lg} (p = {X1.shape[1]})"
+            f"those of {lg} (p = {X1.shape[1]}){named}"
         )
     f_fixed = max(_rank(X1) - _rank(X0), 0) if not small.reml else 0
 
@@ -450,6 +466,8 @@ def model_of(resolved: dict, inputs: Inputs, label: str) -> Model:
         tuple(inputs.factors),
         str(resolved.get("estimation", "REML")).upper() == "REML",
         label,
+        resolved.get("model"),
+        inputs.formula.coefficients if inputs.formula is not None else None,
     )
 
 

@@ -13,6 +13,12 @@ Two steps, both collecting every problem before raising one :class:`ConfigError`
    image and numbers only; one data mask per image; every image and mask exists and
    has the shape and affine of the first image.
 
+A formula analysis (keys ``data``, ``images``, ``masks``, ``model``) replaces
+``Y_files``, ``X``, ``Z`` and ``data_mask_files``: step 1 parses the formula
+(:func:`blmm_scripts.formula.parse_model`), step 2 reads the participants table,
+builds X and the factors (:func:`blmm_scripts.formula.build_design`) and resolves
+the contrasts written with coefficient names (``"age - time"``).
+
 Every default is written once, in the schema (``config/config.schema.yaml``), and
 read from there (:func:`schema_defaults`).  No value is ever passed to ``eval``: the
 value grammar is in :mod:`blmm_scripts.values`.
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,9 +39,17 @@ from numpy.typing import NDArray
 
 from blmm_scripts import grouped, io
 from blmm_scripts.estimation import METHODS
+from blmm_scripts.formula import (
+    FormulaDesign,
+    FormulaError,
+    ModelFormula,
+    build_design,
+    parse_model,
+)
 from blmm_scripts.masks import analysis_voxels
 from blmm_scripts.structure import Factor, RandomEffects
 from blmm_scripts.values import (
+    parse_combination,
     parse_float,
     parse_fraction,
     parse_int_expr,
@@ -46,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 #: Keys BLMM needed for its dask cluster; accepted and ignored here.
 IGNORED_KEYS = ("clusterType", "numNodes", "voxelBatching")
+
+#: Keys of a BLMM design that a formula analysis (key ``data``) replaces.
+BLMM_DESIGN_KEYS = ("Y_files", "X", "Z", "data_mask_files")
 
 #: Forms of the sufficient statistics (key ``statistics``; see
 #: :mod:`blmm_scripts.grouped`).
@@ -103,15 +120,70 @@ class FactorSpec:
 
 @dataclass(frozen=True)
 class Contrast:
-    """One contrast: ``L`` of shape (p,) for a T contrast or (m, p) for an F one."""
+    """One contrast: ``L`` of shape (p,) for a T contrast or (m, p) for an F one.
+
+    A contrast written with coefficient names (``"age - time"``, or a list of such
+    strings for an F contrast) keeps them in ``expression``; until the design is
+    built (:func:`check_inputs`) its ``L`` has no columns.
+    """
 
     name: str
     L: NDArray[np.float64]
+    expression: str | tuple[str, ...] | None = None
 
     @property
     def is_f(self) -> bool:
         """True for an F contrast (a 2-D vector, even with one row)."""
         return self.L.ndim == 2
+
+    def resolve(self, names: tuple[str, ...]) -> Contrast:
+        """Return the contrast with ``L`` built from coefficient names.
+
+        Raises
+        ------
+        ValueError
+            For a name that is not a coefficient (listing them).
+        """
+        if self.expression is None:
+            return self
+        if isinstance(self.expression, str):
+            L = parse_combination(self.expression, names)
+        else:
+            L = np.array([parse_combination(e, names) for e in self.expression])
+        return Contrast(self.name, L, self.expression)
+
+
+def _named_contrast(value: Any) -> str | tuple[str, ...] | None:
+    """Return a contrast's coefficient-name expression, or None for numbers.
+
+    A string is an expression unless it is BLMM's bracketed numbers
+    (``"[1 0 0]"``) or a number; a list of strings is an F contrast.
+
+    Raises
+    ------
+    ValueError
+        For a list mixing names and numbers.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        return None if text.startswith("[") or _is_number(text) else text
+    if isinstance(value, list) and any(isinstance(v, str) for v in value):
+        if not all(isinstance(v, str) for v in value):
+            raise ValueError(
+                f"{value!r} mixes coefficient names and numbers (an F contrast by "
+                "name is a list of strings such as ['age', 'time'])"
+            )
+        return tuple(v.strip() for v in value)
+    return None
+
+
+def _is_number(text: str) -> bool:
+    """Return True when a string is a plain number."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -136,8 +208,8 @@ class Settings:
     Field names follow BLMM's keys where they exist; see ``config/config.yaml``.
     """
 
-    Y_files: Path
-    X: Path
+    Y_files: Path | None
+    X: Path | None
     factors: tuple[FactorSpec, ...]
     outdir: Path
     contrasts: tuple[Contrast, ...]
@@ -166,6 +238,10 @@ class Settings:
     compare_large: Path | None = None
     compare_out: Path | None = None
     simulate: Simulation | None = None
+    data: Path | None = None
+    images: str = "image"
+    masks: str | None = None
+    model: ModelFormula | None = None
 
     @property
     def map_suffix(self) -> str:
@@ -174,26 +250,42 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the resolved config in BLMM's key layout (for ``inputs.yml``)."""
-        out: dict[str, Any] = {
-            "Y_files": str(self.Y_files),
-            "X": str(self.X),
-            "Z": [
-                {
-                    f"f{i + 1}": {
-                        "name": f.name,
-                        "factor": str(f.factor),
-                        "design": str(f.design),
+        out: dict[str, Any]
+        if self.data is not None:
+            out = {"data": str(self.data), "images": self.images}
+            if self.masks is not None:
+                out["masks"] = self.masks
+            out["model"] = self.model.text if self.model else None
+        else:
+            out = {
+                "Y_files": str(self.Y_files),
+                "X": str(self.X),
+                "Z": [
+                    {
+                        f"f{i + 1}": {
+                            "name": f.name,
+                            "factor": str(f.factor),
+                            "design": str(f.design),
+                        }
                     }
+                    for i, f in enumerate(self.factors)
+                ],
+            }
+        out["outdir"] = str(self.outdir)
+        out["contrasts"] = [
+            {
+                f"c{i + 1}": {
+                    "name": c.name,
+                    "vector": c.L.tolist()
+                    if c.expression is None
+                    else c.expression
+                    if isinstance(c.expression, str)
+                    else list(c.expression),
                 }
-                for i, f in enumerate(self.factors)
-            ],
-            "outdir": str(self.outdir),
-            "contrasts": [
-                {f"c{i + 1}": {"name": c.name, "vector": c.L.tolist()}}
-                for i, c in enumerate(self.contrasts)
-            ],
-            "MAXMEM": self.MAXMEM,
-        }
+            }
+            for i, c in enumerate(self.contrasts)
+        ]
+        out["MAXMEM"] = self.MAXMEM
         if self.data_mask_files is not None:
             out["data_mask_files"] = str(self.data_mask_files)
         if self.data_mask_thresh is not None:
@@ -292,12 +384,40 @@ def _parse_settings(
                 key,
             )
 
-    for key in ("Y_files", "X", "Z", "outdir", "contrasts"):
-        if config.get(key) in (None, "", []):
+    def given(key: str) -> bool:
+        """Return True when a key has a value."""
+        return config.get(key) not in (None, "", [])
+
+    formula = given("data")
+    required = ("data", "model") if formula else ("Y_files", "X", "Z")
+    for key in (*required, "outdir", "contrasts"):
+        if not given(key):
             problems.append(f"{key}: required key is missing or empty")
+    if formula:
+        for key in BLMM_DESIGN_KEYS:
+            if given(key):
+                problems.append(
+                    f"data and {key}: give one or the other (with data, the images, "
+                    f"the design and the masks come from the table and the model; "
+                    f"{key} belongs to a BLMM design)"
+                )
+    else:
+        for key in ("model", "masks"):
+            if given(key):
+                problems.append(
+                    f"{key}: needs data (a participants table, one row per image); "
+                    f"a BLMM design (Y_files, X, Z) takes no {key}"
+                )
+    model = None
+    if formula and given("model"):
+        try:
+            model = parse_model(config["model"])
+        except FormulaError as err:
+            problems.append(f"model: {err}")
 
     factors = []
-    for i, body in enumerate(_numbered(config.get("Z") or [None], "f", "Z", problems)):
+    z_items = [] if formula else config.get("Z") or [None]
+    for i, body in enumerate(_numbered(z_items, "f", "Z", problems) if z_items else []):
         if not body:
             continue
         for part in ("factor", "design"):
@@ -322,7 +442,18 @@ def _parse_settings(
             problems.append(f"contrasts c{i + 1} ({name}): 'vector' is missing")
             continue
         try:
-            contrasts.append(Contrast(name, parse_vector(body["vector"])))
+            expression = _named_contrast(body["vector"])
+            if expression is None:
+                contrasts.append(Contrast(name, parse_vector(body["vector"])))
+            elif not formula:
+                problems.append(
+                    f"contrasts c{i + 1} ({name}): vector {body['vector']!r} names "
+                    "coefficients, which needs a formula analysis (keys data and "
+                    "model); with X give numbers"
+                )
+            else:
+                rows = (0,) if isinstance(expression, str) else (len(expression), 0)
+                contrasts.append(Contrast(name, np.zeros(rows), expression))
         except ValueError as err:
             problems.append(f"contrasts c{i + 1} ({name}): vector {err}")
 
@@ -418,7 +549,9 @@ def _parse_settings(
             tuple(int(s) for s in sim["shape"]),
         )
 
-    if any(config.get(k) in (None, "", []) for k in ("Y_files", "X", "outdir")):
+    if not all(given(k) for k in ("data" if formula else "Y_files", "outdir")):
+        return None
+    if not formula and not given("X"):
         return None
 
     def opt_path(key: str) -> Path | None:
@@ -427,8 +560,8 @@ def _parse_settings(
         return _resolve(value, workdir) if value else None
 
     return Settings(
-        Y_files=_resolve(config["Y_files"], workdir),
-        X=_resolve(config["X"], workdir),
+        Y_files=None if formula else _resolve(config["Y_files"], workdir),
+        X=None if formula else _resolve(config["X"], workdir),
         factors=tuple(factors),
         outdir=_resolve(config["outdir"], workdir),
         contrasts=tuple(contrasts),
@@ -451,6 +584,10 @@ def _parse_settings(
         maxnvb=maxnvb,
         maxnit=maxnit,
         reml=estimation.upper() == "REML",
+        data=opt_path("data"),
+        images=str(config.get("images") or defaults["images"]),
+        masks=str(config["masks"]) if given("masks") else None,
+        model=model,
         **flags,
     )
 
@@ -475,6 +612,11 @@ class Inputs:
     factors : tuple of Factor
     n_voxels : int
         Voxels in the analysis mask (all voxels of the grid without one).
+    contrasts : tuple of Contrast
+        The config's contrasts, those written with coefficient names resolved.
+    formula : FormulaDesign or None
+        What the formula built (names, levels, kept and dropped rows), for a
+        formula analysis (key ``data``).
     """
 
     images: tuple[Path, ...]
@@ -484,6 +626,8 @@ class Inputs:
     X: NDArray[np.float64]
     factors: tuple[Factor, ...]
     n_voxels: int
+    contrasts: tuple[Contrast, ...] = ()
+    formula: FormulaDesign | None = None
 
     @property
     def n_images(self) -> int:
@@ -561,13 +705,24 @@ def _check_inputs(
             return None
 
     images: list[Path] = []
-    if settings.Y_files.is_file():
+    formula = None
+    if settings.data is not None:
+        formula = _formula_design(settings, problems)
+        if formula is not None:
+            images = list(formula.images)
+    elif settings.Y_files.is_file():
         images = [Path(p) for p in io.read_path_list(settings.Y_files)]
         if not images:
             problems.append(f"Y_files: {settings.Y_files} lists no images")
     else:
         problems.append(f"Y_files: file {settings.Y_files} does not exist")
     n = len(images)
+
+    def image_label(i: int, kind: str = "image") -> str:
+        """Return how messages name image (or a table's mask) i, counted from 1."""
+        if formula is None:
+            return f"Y_files image {i}"
+        return f"data {kind} {i} (row {formula.rows[i - 1]})"
 
     shape, affine = (), np.eye(4)
     if images:
@@ -579,12 +734,19 @@ def _check_inputs(
                 problems.append(f"Y_files: first image {first} cannot be read ({err})")
         else:
             problems.append(f"Y_files: first image {first} does not exist")
+        if formula is not None and problems and problems[-1].startswith("Y_files:"):
+            problems[-1] = problems[-1].replace("Y_files: first", image_label(1) + ":")
     if shape and check_images:
         for i, path in enumerate(images[1:], start=2):
-            _check_image(path, f"Y_files image {i}", shape, affine, problems)
+            _check_image(path, image_label(i), shape, affine, problems)
 
     masks = None
-    if settings.data_mask_files is not None:
+    if formula is not None and formula.masks is not None:
+        masks = list(formula.masks)
+        if shape and check_images:
+            for i, path in enumerate(masks, start=1):
+                _check_image(path, image_label(i, "mask"), shape, affine, problems)
+    elif settings.data_mask_files is not None:
         if settings.data_mask_files.is_file():
             masks = [Path(p) for p in io.read_path_list(settings.data_mask_files)]
             if len(masks) != n:
@@ -610,9 +772,9 @@ def _check_inputs(
             if n_voxels == 0:
                 problems.append(f"analysis_mask: {settings.analysis_mask} is all zero")
 
-    X = table(settings.X, "X")
-    p = None
-    if X is not None:
+    X = formula.X if formula else None if settings.data else table(settings.X, "X")
+    p = X.shape[1] if formula else None
+    if X is not None and not formula:
         p = X.shape[1]
         if n and X.shape[0] != n:
             problems.append(
@@ -626,7 +788,7 @@ def _check_inputs(
                 f"< {p} columns)"
             )
 
-    factors = []
+    factors = list(formula.factors) if formula else []
     for k, spec in enumerate(settings.factors, start=1):
         labels = table(spec.factor, f"Z f{k} factor")
         design = table(spec.design, f"Z f{k} design")
@@ -663,8 +825,18 @@ def _check_inputs(
             f"{', '.join(str(f.n_raneffs) for f in factors)} random effect(s) each"
         )
 
+    contrasts = []
+    for i, c in enumerate(settings.contrasts, start=1):
+        if formula is not None:
+            try:
+                c = c.resolve(formula.coefficients)
+            except ValueError as err:
+                problems.append(f"contrasts c{i} ({c.name}): vector {err}")
+        contrasts.append(c)
     if p is not None:
-        for i, c in enumerate(settings.contrasts, start=1):
+        for i, c in enumerate(contrasts, start=1):
+            if c.expression is not None and c.L.shape[-1] == 0:
+                continue  # not resolved: reported above
             if c.L.shape[-1] != p:
                 problems.append(
                     f"contrasts c{i} ({c.name}): has {c.L.shape[-1]} columns but X "
@@ -684,6 +856,32 @@ def _check_inputs(
         X=X,
         factors=tuple(factors),
         n_voxels=n_voxels,
+        contrasts=tuple(contrasts),
+        formula=formula,
+    )
+
+
+def _formula_design(settings: Settings, problems: list[str]) -> FormulaDesign | None:
+    """Read the participants table and build the formula's design, noting problems."""
+    path = settings.data
+    if not path.is_file():
+        problems.append(f"data: file {path} does not exist")
+        return None
+    try:
+        table = io.read_table(path)
+    except ValueError as err:
+        problems.append(f"data: {path} {err}")
+        return None
+    if settings.model is None:  # its problem is already recorded
+        return None
+    return build_design(
+        table,
+        settings.model,
+        settings.images,
+        settings.masks,
+        path.parent,
+        problems,
+        label=f"data {path}",
     )
 
 
@@ -716,11 +914,16 @@ def load(
     settings = _parse_settings(config, workdir, problems)
     if settings is None:
         raise ConfigError(problems)
-    if planned is not None and settings.simulate and not settings.Y_files.exists():
+    if (
+        planned is not None
+        and settings.simulate
+        and settings.Y_files is not None
+        and not settings.Y_files.exists()
+    ):
         if problems:
             raise ConfigError(problems)
         return settings, planned(settings)
     inputs = _check_inputs(settings, problems, check_images)
     if problems:
         raise ConfigError(problems)
-    return settings, inputs
+    return replace(settings, contrasts=inputs.contrasts), inputs

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from blmm_scripts import io
+from blmm_scripts.formula import build_design, parse_model
 from blmm_scripts.masks import analysis_voxels
 from blmm_scripts.structure import Factor, RandomEffects
 
@@ -107,6 +108,50 @@ def read_design(
         Factor.from_labels(io.read_numeric_table(f)[:, 0], io.read_numeric_table(d), n)
         for (f, d), n in zip(factor_files, names, strict=True)
     )
+    return _with_voxels(X, factors, analysis_mask, first_image)
+
+
+def read_formula_design(
+    data: Path,
+    model: str,
+    images: str,
+    masks: str | None,
+    analysis_mask: Path | None,
+    first_image: Path,
+) -> Design:
+    """Build X and the random factors from a participants table and a formula.
+
+    The same function as the config check (:func:`blmm_scripts.formula.build_design`),
+    so the design equals what the check saw; its names go to the log.
+
+    Raises
+    ------
+    ValueError
+        If the table no longer gives a design (it changed since the check).
+    """
+    problems: list[str] = []
+    built = build_design(
+        io.read_table(data),
+        parse_model(model),
+        images,
+        masks,
+        Path(data).parent,
+        problems,
+        label=f"data {data}",
+    )
+    if built is None:
+        raise ValueError("; ".join(problems))
+    logger.info("formula %s: %s", model, built.describe())
+    return _with_voxels(built.X, built.factors, analysis_mask, first_image)
+
+
+def _with_voxels(
+    X: NDArray[np.float64],
+    factors: tuple[Factor, ...],
+    analysis_mask: Path | None,
+    first_image: Path,
+) -> Design:
+    """Return the design with the analysis-mask voxels of the first image's grid."""
     shape, _ = io.image_grid(first_image)
     mask = io.load_volume(analysis_mask) if analysis_mask else None
     design = Design(X, factors, analysis_voxels(mask, shape), shape)

@@ -78,6 +78,45 @@ def read_numeric_table(path: Path) -> NDArray[np.float64]:
     return num.to_numpy(dtype=np.float64)
 
 
+#: Cells that mean "missing" in a participants table (BIDS writes n/a).
+MISSING_CELLS = ("", "n/a")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Return a participants table: one row per image, a header row of column names.
+
+    Tab-separated for ``.tsv`` (and ``.txt``), comma-separated otherwise.  Empty
+    cells and ``n/a`` are missing (NaN); nothing else is (``NA`` stays text).  A
+    column whose present cells are all numbers becomes float64; any other stays
+    text (the formula decides whether text is a category or a mistake).
+
+    Raises
+    ------
+    ValueError
+        If the file cannot be read as a table with a header and at least one row.
+    """
+    sep = "\t" if Path(path).suffix in (".tsv", ".txt") else ","
+    try:
+        df = pd.read_csv(
+            path,
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            na_values=list(MISSING_CELLS),
+            skipinitialspace=True,
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"cannot be read as a table ({err})") from err
+    if df.empty:
+        raise ValueError("has a header but no rows")
+    df.columns = [str(c).strip() for c in df.columns]
+    for col in df.columns:
+        text = df[col].str.strip()
+        num = pd.to_numeric(text, errors="coerce")
+        df[col] = num.astype(np.float64) if num.notna().equals(text.notna()) else text
+    return df
+
+
 def image_grid(path: Path) -> tuple[tuple[int, ...], NDArray[np.float64]]:
     """Return (spatial shape, affine) of an image from its header only.
 

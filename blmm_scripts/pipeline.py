@@ -26,8 +26,8 @@ from numpy.typing import NDArray
 
 from blmm_scripts import grouped
 from blmm_scripts.batching import batch_products, concat_batches, read_batch_data
-from blmm_scripts.config import Inputs, Settings, check_inputs, parse_settings
-from blmm_scripts.design import read_design
+from blmm_scripts.config import Inputs, Settings, load
+from blmm_scripts.design import read_design, read_formula_design
 from blmm_scripts.maps import assemble_maps, map_names
 from blmm_scripts.voxelwise import (
     MissingnessRules,
@@ -57,15 +57,24 @@ def run_pipeline(
     settings, inputs
         The parsed config and checked inputs.
     """
-    settings = parse_settings(config, workdir)
-    inputs = check_inputs(settings)
-    design = read_design(
-        settings.X,
-        [(f.factor, f.design) for f in settings.factors],
-        [f.name for f in settings.factors],
-        settings.analysis_mask,
-        inputs.images[0],
-    )
+    settings, inputs = load(config, workdir)
+    if settings.data is not None:
+        design = read_formula_design(
+            settings.data,
+            settings.model.text,
+            settings.images,
+            settings.masks,
+            settings.analysis_mask,
+            inputs.images[0],
+        )
+    else:
+        design = read_design(
+            settings.X,
+            [(f.factor, f.design) for f in settings.factors],
+            [f.name for f in settings.factors],
+            settings.analysis_mask,
+            inputs.images[0],
+        )
     Y, is_missing = read_batch_data(
         inputs.images, inputs.data_masks, design.voxels, settings.data_mask_thresh
     )

@@ -64,7 +64,8 @@ def run_summary(
     maps : RunMaps
     n_images : int
     settings : dict
-        The resolved config (inputs.yml): method, estimation, tol, maxnit.
+        The resolved config (inputs.yml): method, estimation, tol, maxnit, and for
+        a formula analysis the model and its coefficients.
     timings : DataFrame or None
         From :func:`benchmark_table`; one row per rule.
     """
@@ -101,6 +102,10 @@ def run_summary(
         ("convergence", "iterations, median", float(np.median(nit)) if nit.size else 0),
         ("convergence", "iterations, max", int(nit.max()) if nit.size else 0),
     ]
+    if settings.get("model"):  # a formula analysis: the model and its coefficients
+        rows.append(("settings", "model", settings["model"]))
+        coefficients = settings.get("design", {}).get("coefficients", [])
+        rows.append(("settings", "coefficients", ", ".join(coefficients)))
     for key in ("method", "estimation", "tol", "maxnit"):
         rows.append(("settings", key, settings.get(key)))
     if timings is not None and len(timings):
@@ -370,12 +375,30 @@ def contrast_volumes(contrasts: Sequence) -> dict[str, dict]:
     Parameters
     ----------
     contrasts : sequence of blmm_scripts.config.Contrast
+
+    Returns
+    -------
+    dict
+        ``{"c1": {"name", "stat", "volume", "title"}, ...}``; the title names the
+        contrast and, for one written with coefficient names, what it tests
+        (``c3 (age_vs_time: age - time), T contrast``).
     """
     out: dict[str, dict] = {}
     counts = {"T": 0, "F": 0}
     for i, c in enumerate(contrasts, start=1):
         stat = "F" if c.is_f else "T"
-        out[f"c{i}"] = {"name": c.name or f"c{i}", "stat": stat, "volume": counts[stat]}
+        name = c.name or f"c{i}"
+        expression = getattr(c, "expression", None)
+        if expression is not None:
+            if not isinstance(expression, str):
+                expression = "; ".join(expression)
+            name = f"{name}: {expression}"
+        out[f"c{i}"] = {
+            "name": c.name or f"c{i}",
+            "stat": stat,
+            "volume": counts[stat],
+            "title": f"c{i} ({name}), {stat} contrast",
+        }
         counts[stat] += 1
     return out
 

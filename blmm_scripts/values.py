@@ -146,3 +146,68 @@ def _parse_bracketed(text: str) -> list:
     if len(stack) != 1 or len(stack[0]) != 1:
         raise ValueError(f"{text!r} is not one bracketed list")
     return stack[0][0]
+
+
+_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def parse_combination(text: str, names: list[str] | tuple[str, ...]) -> NDArray:
+    """Return the weights of a linear combination of coefficient names.
+
+    ``"age - time"``, ``"0.5*a + 0.5*b"``, ``"-2 * sex[T.M]"``: terms joined by ``+``
+    or ``-``, each a coefficient name with an optional number and ``*`` before it.
+    Names are matched as written (spaces ignored), the longest name first, so
+    names holding ``-``, ``+`` or ``*`` inside brackets (``I(age - 50)``) work.
+    A name given twice adds up.  Never ``eval``: a small scanner.
+
+    Parameters
+    ----------
+    text : str
+    names : sequence of str
+        The coefficients, in the order of the columns of X.
+
+    Returns
+    -------
+    ndarray of shape (p,)
+
+    Raises
+    ------
+    ValueError
+        For a name that is not a coefficient (listing the coefficients) and for
+        anything that is not such a combination.
+    """
+    squeezed = {re.sub(r"\s+", "", n): j for j, n in enumerate(names)}
+    by_length = sorted(squeezed, key=len, reverse=True)
+    s = re.sub(r"\s+", "", str(text))
+    L = np.zeros(len(names))
+    pos = 0
+    if not s:
+        raise ValueError("is empty")
+    while pos < len(s):
+        sign = 1.0
+        if s[pos] in "+-":
+            sign = -1.0 if s[pos] == "-" else 1.0
+            pos += 1
+        elif pos:
+            raise ValueError(f"{text!r}: expected '+' or '-' at {s[pos:]!r}")
+        weight = 1.0
+        m = _NUMBER.match(s, pos)
+        if m and s[m.end() : m.end() + 1] == "*":
+            weight, pos = float(m.group()), m.end() + 1
+        name = next(
+            (
+                n
+                for n in by_length
+                if s.startswith(n, pos) and s[pos + len(n) : pos + len(n) + 1] in "+-"
+            ),
+            None,
+        )
+        if name is None:
+            rest = re.split(r"[-+]", s[pos:], maxsplit=1)[0] or s[pos:]
+            raise ValueError(
+                f"{text!r}: {rest!r} is not a coefficient; the coefficients are "
+                f"{', '.join(names)}"
+            )
+        L[squeezed[name]] += sign * weight
+        pos += len(name)
+    return L

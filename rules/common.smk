@@ -8,6 +8,7 @@ A bad config stops here, with every problem listed, before any job exists.
 import math
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from blmm_scripts import config as blmm_config
@@ -28,6 +29,16 @@ SETTINGS, INPUTS = blmm_config.load(
     check_images=workflow.is_main_process,
     planned=planned_inputs,
 )
+# A formula analysis: the design it built, on the terminal (the dry run too).
+if INPUTS.formula is not None and workflow.is_main_process:
+    logger.info(
+        f"BLMM model {SETTINGS.model.text}: {INPUTS.n_images} images, coefficients "
+        f"{', '.join(INPUTS.formula.coefficients)}; random factors "
+        + "; ".join(
+            f"{f.name} ({f.n_levels} levels, q = {f.n_raneffs}: {', '.join(e)})"
+            for f, e in zip(INPUTS.factors, INPUTS.formula.effects)
+        )
+    )
 # Grouped statistics (sums per level size, blmm_scripts.grouped) where they apply
 # and are smaller; image batches then hold whole levels, in level order.
 GROUPED = blmm_grouped.chosen(SETTINGS.statistics, INPUTS.factors, INPUTS.p)
@@ -135,8 +146,11 @@ def all_voxel_batches(name):
 
 
 def design_inputs():
-    """Return the files setup reads: design CSVs and the analysis mask."""
-    files = {"X": as_relative(SETTINGS.X)}
+    """Return the files setup reads: the design (CSVs or the table) and the mask."""
+    if SETTINGS.data is not None:
+        files = {"data": as_relative(SETTINGS.data)}
+    else:
+        files = {"X": as_relative(SETTINGS.X)}
     for k, spec in enumerate(SETTINGS.factors, start=1):
         files[f"f{k}_factor"] = as_relative(spec.factor)
         files[f"f{k}_design"] = as_relative(spec.design)
@@ -145,9 +159,36 @@ def design_inputs():
     return files
 
 
+def formula_params():
+    """Return what setup needs to rebuild a formula's design (None for BLMM's)."""
+    if SETTINGS.data is None:
+        return None
+    return {
+        "model": SETTINGS.model.text,
+        "images": SETTINGS.images,
+        "masks": SETTINGS.masks,
+    }
+
+
 def resolved_config():
-    """Return the config for inputs.yml: BLMM's keys resolved, then any others."""
+    """Return the config for inputs.yml: BLMM's keys resolved, then any others.
+
+    A formula analysis adds `design`: what the model built (coefficients, factors,
+    dropped rows) and the names of the map volumes.
+    """
     resolved = SETTINGS.to_dict()
+    if INPUTS.formula is not None:
+        resolved["design"] = INPUTS.formula.describe() | {
+            "volumes": INPUTS.formula.volumes()
+            | {
+                stat: [c.name for c in SETTINGS.contrasts if c.is_f == (stat == "F")]
+                for stat in ("T", "F")
+            },
+            "contrasts": [
+                {f"c{i}": {"name": c.name, "L": c.L.tolist()}}
+                for i, c in enumerate(SETTINGS.contrasts, start=1)
+            ],
+        }
     return resolved | {k: v for k, v in config.items() if k not in resolved}
 
 

@@ -22,5 +22,6 @@ rule setup:
         mem_mb=job_mem,
     params:
         names=[spec.name for spec in SETTINGS.factors],
+        formula=formula_params(),
     script:
         "../blmm_scripts/workflow/setup.py"

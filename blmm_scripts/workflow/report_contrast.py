@@ -24,7 +24,7 @@ with log_to_file(snakemake.log[0]):
         affine,
         snakemake.params.threshold,
         stat,
-        f"{snakemake.wildcards.con} ({con['name']}), {stat} contrast",
+        con["title"],
         snakemake.output.figure,
     )
     logging.getLogger("report").info("%d voxels above the threshold", n_above)
