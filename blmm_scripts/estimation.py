@@ -351,13 +351,16 @@ def fit(
     mode = np.full(v, SCORING)  # per voxel: scoring in D, in factors, or gradient
     check = np.zeros(v, dtype=np.int8)  # see _advance
     active = status == Status.OK
+    carried = None  # the profile at the current D of the voxels still iterating
     for it in range(1, maxnit + 1):
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        sub = products.take(idx)
-        sq = [psd_sqrt(Dk[idx])[1] for Dk in D]
-        prof = profile(sub, re, sq, reml)
+        if carried is None:
+            sub = products.take(idx)
+            prof = profile(sub, re, [psd_sqrt(Dk[idx])[1] for Dk in D], reml)
+        else:
+            prof, sub = carried, carried.products
         s2_now = sigma2[idx] if method in ("FS", "pFS") else prof.sigma2
         d_s2, d_D, g_s2, g_D = _step(prof, s2_now, method, weight)
         step = lam[idx]
@@ -387,7 +390,7 @@ def fit(
             clipped |= clip
         fac = np.flatnonzero(mode_now == FACTOR)
         if fac.size:
-            fprof = profile(sub.take(fac), re, [s_[fac] for s_ in sq], reml)
+            fprof = prof.take(fac)
             Bs, dBs = _factor_step(
                 fprof, fprof.sigma2, [Dk[idx[fac]] for Dk in D], weight
             )
@@ -413,6 +416,8 @@ def fit(
         llh[a] = new_llh[accept]
         done = _advance(mode, lam, check, idx, accept, change < tol, clipped)
         active[idx[done]] = False
+        # D moved where the step was accepted: the profile there is new_prof's
+        carried = prof.where(accept, new_prof).take(np.flatnonzero(~done))
         if it % 50 == 0:
             logger.info(
                 "iteration %d: %d of %d voxels still iterating", it, active.sum(), v

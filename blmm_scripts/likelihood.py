@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from functools import cached_property
 
@@ -56,6 +56,19 @@ class Weight(Enum):
     def of(cls, reml: bool) -> Weight:
         """Return the weight of the likelihood that is maximised (REML or ML)."""
         return cls.P if reml else cls.V_INV
+
+
+#: The per-voxel arrays of a :class:`Profile` (its Woodbury's aside).
+PROFILE_ARRAYS = (
+    "XtViX",
+    "H",
+    "logdetX",
+    "beta",
+    "S",
+    "n_eff",
+    "GZtX",
+    "GZtY",
+)
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,46 @@ class Profile:
             if self.reml:
                 m2l = m2l + self.logdetX
         return -0.5 * m2l
+
+    def take(self, index: NDArray) -> Profile:
+        """Return the profile of a subset of voxels (index into the voxel axis)."""
+        return self._rows(lambda a: a[index], self.products.take(index))
+
+    def where(self, use: NDArray[np.bool_], other: Profile) -> Profile:
+        """Return, voxel by voxel, `other` where `use` is True and self elsewhere.
+
+        Both profiles are of the same voxels (the same products), at different D.
+        """
+
+        def pick(a: NDArray, b: NDArray) -> NDArray:
+            return np.where(use.reshape(-1, *[1] * (a.ndim - 1)), b, a)
+
+        return self._rows(pick, self.products, other)
+
+    def _rows(self, fn, products: Products, other: Profile | None = None) -> Profile:
+        """Apply fn to every per-voxel array (and to other's, as a 2nd argument)."""
+
+        def arr(name: str, mine: object, theirs: object) -> NDArray | None:
+            a = getattr(mine, name)
+            if a is None:
+                return None
+            return fn(a) if other is None else fn(a, getattr(theirs, name))
+
+        wood = Woodbury(
+            self.wood.re,
+            *(
+                arr(name, self.wood, other and other.wood)
+                for name in ("G", "logdet", "LE", "Sinv")
+            ),
+        )
+        changes = {name: arr(name, self, other) for name in PROFILE_ARRAYS}
+        if isinstance(self, FusedProfile):
+            theirs = self.sqrtD if other is None else other.sqrtD
+            changes["sqrtD"] = tuple(
+                fn(a) if other is None else fn(a, b)
+                for a, b in zip(self.sqrtD, theirs, strict=True)
+            )
+        return replace(self, products=products, wood=wood, **changes)
 
     @cached_property
     def F(self) -> NDArray[np.float64]:

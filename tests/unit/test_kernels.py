@@ -122,15 +122,16 @@ def assert_same(ours, ref, tol=1e-6):
     Where the fitted D is singular but not zero (two or more random effects on a
     face of the PSD cone), the fit stops when the log-likelihood changes by less
     than `tol` and Newton polishing does not apply (estimation._polish), so both
-    paths end within tol of the optimum by different routes: there the
-    log-likelihoods must agree to 10 tol and the estimates to 1e-3 of the
-    array's scale.
+    paths stop short of the optimum by different routes.  Steps along a face
+    converge linearly, so a fit can stop more than tol below the optimum (seen:
+    1.4e-5 with tol = 1e-6): there the log-likelihoods must agree to 100 tol and
+    the estimates to 1e-3 of the array's scale.
     """
     (fitted, stats), (rfit, rstats) = ours, ref
     np.testing.assert_array_equal(fitted.status, rfit.status)
     face = rank_deficient(rfit.D[0]) | rank_deficient(fitted.D[0])
     if face.any():
-        assert np.abs(fitted.llh[face] - rfit.llh[face]).max() < 10 * tol
+        assert np.abs(fitted.llh[face] - rfit.llh[face]).max() < 100 * tol
         assert scaled_difference(fitted.beta, rfit.beta, face) < 1e-3
         assert scaled_difference(fitted.D[0], rfit.D[0], face) < 1e-3
     keep = ~face
