@@ -126,17 +126,19 @@ def _step(prof: Profile, sigma2: NDArray, method: str, weight: Weight) -> tuple:
 
 def _factor_step(
     prof: Profile, sigma2: NDArray, D: list[NDArray], weight: Weight
-) -> tuple[list[NDArray], list[NDArray]]:
+) -> tuple[list[NDArray], list[NDArray], NDArray]:
     """Scoring step in factors B_k of D_k = B_k B_k' (σ² profiled out).
 
     Used on the boundary: a rank-deficient D moves along the set of matrices of its
     rank (its range may rotate), where projected steps in D stall.  Returns
-    (B_k, ΔB_k), each (v, q_k, q_k).
+    (B_k, ΔB_k), each (v, q_k, q_k), and the step's gain in the quadratic model,
+    g'ΔB / 2 (v,): below tol, D is stationary along its face.
     """
     re = prof.re
     curv = curvature(prof)
     scores = score_D(curv, sigma2, weight)
     Bs, dBs = [], []
+    gain = np.zeros(prof.beta.shape[0])
     for k, qk in enumerate(re.n_raneffs):
         w, P = np.linalg.eigh(D[k])
         B = P * np.sqrt(np.maximum(w, 0.0))[:, None, :]
@@ -153,7 +155,28 @@ def _factor_step(
         d = (np.linalg.pinv(Jt @ info @ J, hermitian=True) @ g[..., None])[..., 0]
         Bs.append(B)
         dBs.append(d.reshape(c, qk, qk).swapaxes(-1, -2))
-    return Bs, dBs
+        gain += 0.5 * np.nan_to_num(np.einsum("va,va->v", g, d))
+    return Bs, dBs, gain
+
+
+def on_face_optimum(D: list[NDArray], scores: list[NDArray], tol: float) -> NDArray:
+    """Return where D, stationary on a face of the PSD cone, is the constrained optimum.
+
+    With N the null space of each D_k and G_k = dl/dD_k, a point stationary along
+    its face (a factor step gains less than tol) is optimal on the cone when no
+    direction off the face ascends, N'G_k N negative semidefinite (the KKT
+    conditions): here when its largest eigenvalue is at most `tol`, the
+    log-likelihood gained per unit of D moved off the face.  An interior D (no
+    null space) passes.
+    """
+    ok = np.ones(D[0].shape[0], dtype=bool)
+    for Dk, Gk in zip(D, scores, strict=True):
+        w, P = np.linalg.eigh(Dk)
+        null = w <= 1e-10 * np.maximum(w[:, -1:], 1e-300)
+        Gn = np.swapaxes(P, -1, -2) @ np.nan_to_num(Gk) @ P
+        Gn = np.where(null[:, :, None] & null[:, None, :], Gn, 0.0)
+        ok &= np.linalg.eigvalsh(Gn)[:, -1] <= tol
+    return ok
 
 
 def _advance(
@@ -164,6 +187,7 @@ def _advance(
     accept: NDArray,
     small: NDArray,
     clipped: NDArray,
+    flat: NDArray,
 ) -> NDArray:
     """Update each voxel's mode and step length after an iteration; return done.
 
@@ -175,7 +199,12 @@ def _advance(
     gradient step, whose projection ascends unless the point satisfies the
     optimality (KKT) conditions.  Failing steps are halved; when they get too short
     the next mode is tried, the gradient last.  `check` is 0 while iterating, 1 while
-    a scoring step checks a factor fit, 2 while a gradient step checks the boundary.
+    a scoring step checks a factor fit, 2 while a gradient step checks the boundary
+    (:func:`on_face_optimum` ends a check at once where the point is optimal).
+
+    A rejected step that changed the log-likelihood by less than tol is rounding at
+    the optimum, not a step too long, where the scoring step itself predicts a gain
+    below tol (`flat`): the fit is done; a factor step is then checked as above.
     """
     m, c = mode[idx], check[idx]
     done = np.zeros(len(idx), dtype=bool)
@@ -196,6 +225,12 @@ def _advance(
     new_check = np.where(to_scoring_check, 1, np.where(to_gradient_check, 2, new_check))
     # rejected steps
     rej = ~accept
+    done |= rej & flat & (m == SCORING) & (c == 0)
+    at_face = rej & small & (m == FACTOR) & (c == 0)
+    new_mode = np.where(at_face, SCORING, new_mode)
+    new_check = np.where(at_face, 1, new_check)
+    rej = rej & ~at_face
+    new_lam = np.where(at_face, 1.0, new_lam)
     half = 0.5 * lam[idx]
     short = rej & (half < FALLBACK_STEP)
     done |= rej & (m == GRADIENT) & (half < np.where(c == 2, CHECK_STEP, MIN_STEP))
@@ -233,9 +268,11 @@ def _polish(
         sub = products.take(ii)
         prof = profile(sub, re, [psd_sqrt(Dk[ii])[1] for Dk in D], reml)
         s2 = prof.sigma2
-        J = observed_information(prof, s2)
+        curv = curvature(prof)
+        J = observed_information(prof, s2, curv)
         H = J[:, 1:, 1:] - J[:, 1:, :1] * J[:, :1, 1:] / J[:, :1, :1]
-        scores = score_D(curvature(prof), s2, weight)
+        scores = score_D(curv, s2, weight)
+        del curv
         g = np.concatenate(
             [
                 G.swapaxes(-1, -2).reshape(len(ii), -1) @ dups[k]
@@ -363,6 +400,23 @@ def fit(
             prof, sub = carried, carried.products
         s2_now = sigma2[idx] if method in ("FS", "pFS") else prof.sigma2
         d_s2, d_D, g_s2, g_D = _step(prof, s2_now, method, weight)
+        # the gain of a full scoring step in the quadratic model, g'd / 2
+        gain = sum(
+            np.sum(np.nan_to_num(g * d), axis=(1, 2))
+            for g, d in zip(g_D, d_D, strict=True)
+        )
+        if d_s2 is not None:
+            gain = gain + np.nan_to_num(g_s2 * d_s2)
+        flat = 0.5 * gain < tol
+        # a converged fit on the boundary whose check is pending: done if optimal
+        optimal = np.zeros(len(idx), dtype=bool)
+        pending = check[idx] > 0
+        if pending.any():
+            at = np.flatnonzero(pending)
+            Dp = [Dk[idx[at]] for Dk in D]
+            fprof = prof.take(at)
+            along = _factor_step(fprof, fprof.sigma2, Dp, weight)[2] < tol
+            optimal[at] = along & on_face_optimum(Dp, [g[at] for g in g_D], tol)
         step = lam[idx]
         mode_now = mode[idx]
         grad = mode_now == GRADIENT
@@ -391,7 +445,7 @@ def fit(
         fac = np.flatnonzero(mode_now == FACTOR)
         if fac.size:
             fprof = prof.take(fac)
-            Bs, dBs = _factor_step(
+            Bs, dBs, _ = _factor_step(
                 fprof, fprof.sigma2, [Dk[idx[fac]] for Dk in D], weight
             )
             for k in range(re.r):
@@ -406,7 +460,7 @@ def fit(
             new_s2[fac] = new_prof.sigma2[fac]
         new_llh = new_prof.llh(new_s2)
         old_llh = llh[idx]
-        accept = np.isfinite(new_llh) & (new_llh >= old_llh)
+        accept = np.isfinite(new_llh) & (new_llh >= old_llh) & ~optimal
         change = np.abs(new_llh - old_llh)
         nit[idx] = it
         a = idx[accept]
@@ -414,7 +468,8 @@ def fit(
             D[k][a] = new_D[k][accept]
         sigma2[a] = new_s2[accept]
         llh[a] = new_llh[accept]
-        done = _advance(mode, lam, check, idx, accept, change < tol, clipped)
+        small = change < tol
+        done = _advance(mode, lam, check, idx, accept, small, clipped, flat) | optimal
         active[idx[done]] = False
         # D moved where the step was accepted: the profile there is new_prof's
         carried = prof.where(accept, new_prof).take(np.flatnonzero(~done))

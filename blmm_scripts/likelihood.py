@@ -618,15 +618,18 @@ def profiled_information(
     return info - c[:, :, None] * c[:, None, :] / I_ss[:, None, None]
 
 
-def observed_information(prof: Profile, sigma2: NDArray) -> NDArray:
+def observed_information(
+    prof: Profile, sigma2: NDArray, curv: BlockCurvature | None = None
+) -> NDArray:
     """Observed information of θ = (σ², vech D_1, ..., vech D_r), (v, 1+q_u, 1+q_u).
 
     Minus the Hessian of the log-likelihood profiled over β (REML or ML as fitted);
-    formulas in this module's docstring.
+    formulas in this module's docstring.  `curv`: the level sums of `prof`, if made
+    already.
     """
     re = prof.re
     weight = Weight.of(prof.reml)
-    curv = curvature(prof)
+    curv = curvature(prof) if curv is None else curv
     dups = [duplication_matrix(qk) for qk in re.n_raneffs]
     s2 = sigma2[:, None, None]
     J_ss = -prof.n_eff / (2 * sigma2**2) + prof.S / sigma2**3
