@@ -26,7 +26,7 @@ from scipy import special
 
 from blmm_scripts._linalg import psd_sqrt, solve_pd
 from blmm_scripts.likelihood import (
-    Profile,
+    BlockCurvature,
     Weight,
     curvature,
     observed_information,
@@ -96,18 +96,19 @@ def f_logsf(F: NDArray, df1: NDArray, df2: NDArray) -> NDArray:
 
 
 def _variance_gradient(
-    prof: Profile, sigma2: NDArray, L: NDArray
+    curv: BlockCurvature, sigma2: NDArray, L: NDArray
 ) -> tuple[NDArray, NDArray]:
-    """Return v = σ² L H L' and its gradient in θ, for contrast rows L (v, p)."""
-    re = prof.re
+    """Return v = σ² L H L' and its gradient in θ, for contrast rows L (v, p).
+
+    dv/dD_k = σ² Σ_j K_j K_j' with K_j = F_j H L', F = Z'V^-1 X (level j of factor
+    k): ``curv.quadratic``.
+    """
+    prof = curv.prof
     HL = np.einsum("vpr,vr->vp", prof.H, L)
     LHL = np.einsum("vp,vp->v", L, HL)
-    K = np.einsum("vqp,vp->vq", prof.F, HL)
     grads = [LHL[:, None]]
-    for k, qk in enumerate(re.n_raneffs):
-        o, lk = re.offsets[k], re.n_levels[k]
-        Kk = K[:, o : o + lk * qk].reshape(len(sigma2), lk, qk)
-        KK = np.einsum("vja,vjb->vab", Kk, Kk) * sigma2[:, None, None]
+    for k, qk in enumerate(prof.re.n_raneffs):
+        KK = curv.quadratic(k, HL) * sigma2[:, None, None]
         grads.append(KK.reshape(len(sigma2), -1) @ duplication_matrix(qk))
     return sigma2 * LHL, np.concatenate(grads, axis=1)
 
@@ -172,14 +173,19 @@ def cholesky_coordinates(
 
 
 def satterthwaite(
-    prof: Profile, sigma2: NDArray, J: NDArray, L: NDArray, face: tuple | None = None
+    curv: BlockCurvature,
+    sigma2: NDArray,
+    J: NDArray,
+    L: NDArray,
+    face: tuple | None = None,
 ) -> NDArray:
     """Satterthwaite df of contrast rows L (v, p), given the observed information J.
 
+    curv : the level sums at the fit (:func:`blmm_scripts.likelihood.curvature`).
     face : (jac, held) from :func:`cholesky_coordinates`; J is then already in those
     coordinates, with the held parameters' rows and columns set to the identity.
     """
-    var, g = _variance_gradient(prof, sigma2, L)
+    var, g = _variance_gradient(curv, sigma2, L)
     if face is not None:
         jac, held = face
         g = np.where(held, 0.0, np.einsum("vji,vj->vi", jac, g))
@@ -261,17 +267,18 @@ def infer(
     )
     with np.errstate(divide="ignore", invalid="ignore"):
         out["resms"][idx] = ete / (sub.n - p)
-    scores = score_D(curvature(prof), sigma2, Weight.of(fit_result.reml))
+    curv = curvature(prof)
+    scores = score_D(curv, sigma2, Weight.of(fit_result.reml))
     jac, C, held = cholesky_coordinates([Dk[idx] for Dk in fit_result.D], scores, re)
     face = (jac, held)
-    J = jac.swapaxes(-1, -2) @ observed_information(prof, sigma2) @ jac - C
+    J = jac.swapaxes(-1, -2) @ observed_information(prof, sigma2, curv) @ jac - C
     J = np.where(held[:, :, None] | held[:, None, :], 0.0, J)
     J = J + np.einsum("vi,ij->vij", held.astype(float), np.eye(J.shape[-1]))
     for i, c in enumerate(tcons):
         L = np.broadcast_to(c, (m, p))
         est = beta @ c
-        var, _ = _variance_gradient(prof, sigma2, L)
-        df = satterthwaite(prof, sigma2, J, L, face)
+        var, _ = _variance_gradient(curv, sigma2, L)
+        df = satterthwaite(curv, sigma2, J, L, face)
         with np.errstate(divide="ignore", invalid="ignore"):
             T = est / np.sqrt(var)
         logp = np.log(2) + t_logsf(np.abs(T), df) if two_sided else t_logsf(T, df)
@@ -290,7 +297,7 @@ def infer(
         nu = np.empty((m, c.shape[0]))
         for j in range(c.shape[0]):
             Lj = np.einsum("va,ap->vp", P[:, :, j], c)
-            nu[:, j] = satterthwaite(prof, sigma2, J, Lj, face)
+            nu[:, j] = satterthwaite(curv, sigma2, J, Lj, face)
         nu = np.where(keep, nu, np.nan)
         # lmerTest drops directions of zero variance; keep the leading ones.
         order = np.argsort(~keep, axis=1, kind="stable")

@@ -388,6 +388,14 @@ class BlockCurvature:
         sk = self._s(k)
         return level_sum(sk, sk)
 
+    def quadratic(self, k: int, h: NDArray) -> NDArray:
+        """Σ_j (F_j h)(F_j h)' over the levels j of factor k, h (v, p)."""
+        re = self.re
+        o, lk, qk = re.offsets[k], re.n_levels[k], re.n_raneffs[k]
+        K = np.einsum("vqp,vp->vq", self.prof.F[:, o : o + lk * qk], h)
+        Kk = K.reshape(self.v, lk, qk)
+        return np.einsum("vja,vjb->vab", Kk, Kk)
+
     def diag_sum(self, k: int, weight: Weight) -> NDArray:
         """Σ_j R_jj of factor k, R = Z'V^-1 Z (V_INV) or Z'PZ (P)."""
         if self.re.one_factor:
@@ -564,6 +572,10 @@ class FusedCurvature(BlockCurvature):
     def ss(self, k: int) -> NDArray:
         """Σ_j s_j s_j', shape (v, q0, q0)."""
         return self.sum_ss
+
+    def quadratic(self, k: int, h: NDArray) -> NDArray:
+        """Σ_j (F_j h)(F_j h)' from Σ_j F_j ⊗ F_j, h (v, p): (v, q0, q0)."""
+        return np.einsum("vambn,vm,vn->vab", self.sum_FF, h, h)
 
     def diag_sum(self, k: int, weight: Weight) -> NDArray:
         """Σ_j R_jj, R = Z'V^-1 Z (V_INV) or Z'PZ (P)."""
