@@ -7,8 +7,14 @@ crossed factors subject x site) it writes a seeded NIfTI study without partial m
 (every voxel shares the design, so only estimation differs), then on the same images:
 
 * ours: reads the images with nibabel, forms the product matrices, and times
-  ``fit`` (pSFS, REML) and ``infer`` (2 T contrasts, Satterthwaite df) with BLAS pinned
-  to one thread;
+  ``fit`` (pSFS, REML) and ``infer`` (2 T contrasts, Satterthwaite df) with BLAS and
+  numba pinned to one thread, by the route the workflow takes (the compiled kernels;
+  grouped statistics for the random intercept), and again by the numpy reference
+  path (``ours_numpy``: the engine before the kernels) and, for the intercept, the
+  kernels on one block per level (``ours_numba_levels``);
+* for the slope structure, the cost of boundary fits: new data on the same design,
+  half of the voxels without a random slope, iterations and CPU time per voxel of
+  the fits that end on the boundary against the interior ones (``boundary``);
 * pyblmm 0.1.1: its stages in one process (pyblmm_stages.py, BLAS on one thread), of
   which the ``results`` stage is its estimation + inference.
 
@@ -36,6 +42,7 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import nibabel as nib  # noqa: E402
@@ -46,7 +53,15 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from blmm_scripts.estimation import fit  # noqa: E402
+from blmm_scripts.grouped import (  # noqa: E402
+    batch_groups,
+    concat_groups,
+    image_order,
+    max_level_size,
+    pseudo_products,
+)
 from blmm_scripts.inference import infer  # noqa: E402
+from blmm_scripts.likelihood import numpy_engine  # noqa: E402
 from blmm_scripts.products import design_products  # noqa: E402
 from blmm_scripts.structure import Factor, Products, RandomEffects, build_Z  # noqa: E402
 
@@ -204,31 +219,61 @@ def load_study(files) -> tuple:
     return Y, X, factors, read_s
 
 
-def our_engine(Y, X, factors) -> dict:
-    """Products, fit and infer on one core; timings and iteration counts."""
-    re = RandomEffects.of(factors)
-    t0 = time.perf_counter()
-    XtX, ZtX, ZtZ = design_products(X, factors)
-    Z = build_Z(factors)
-    v = Y.shape[1]
-    pr = Products(
-        XtX,
-        ZtX,
-        ZtZ,
-        Y.T @ X,
-        Y.T @ Z,
-        np.einsum("iv,iv->v", Y, Y),
-        np.full(v, float(Y.shape[0])),
+def grouped_products(Y, X, factors) -> tuple[Products, RandomEffects]:
+    """Return the grouped products: the workflow's route for one random intercept.
+
+    (statistics: auto) Levels of the same size are summed per voxel
+    (blmm_scripts.grouped) and the engine fits G (p + 1) pseudo-levels instead of
+    one per subject.
+    """
+    factor = factors[0]
+    order = image_order(factor)
+    missing = np.zeros(Y.shape, dtype=bool)
+    part = batch_groups(
+        X, factor, order, Y[order], missing[order], max_level_size(factor)
     )
+    stats = concat_groups([part], X.shape[0], X.shape[1])
+    return pseudo_products(stats, np.arange(Y.shape[1]), ring=False)
+
+
+def our_engine(Y, X, factors, *, engine: str = "numba", route: str = "levels") -> dict:
+    """Products, fit and infer on one core; timings and iteration counts.
+
+    engine: "numba" (the compiled kernels, the default) or "numpy" (the reference
+    path); route: "levels" (one block per level) or "grouped" (pseudo-levels).
+    """
+    t0 = time.perf_counter()
+    if route == "grouped":
+        pr, re = grouped_products(Y, X, factors)
+    else:
+        re = RandomEffects.of(factors)
+        XtX, ZtX, ZtZ = design_products(X, factors)
+        Z = build_Z(factors)
+        v = Y.shape[1]
+        pr = Products(
+            XtX,
+            ZtX,
+            ZtZ,
+            Y.T @ X,
+            Y.T @ Z,
+            np.einsum("iv,iv->v", Y, Y),
+            np.full(v, float(Y.shape[0])),
+        )
     products_s = time.perf_counter() - t0
-    w, c = time.perf_counter(), time.process_time()
-    fitted = fit(pr, re, method="pSFS", reml=True)
-    fit_wall, fit_cpu = time.perf_counter() - w, time.process_time() - c
-    w, c = time.perf_counter(), time.process_time()
-    infer(pr, re, fitted, [np.array(vec, float) for _, vec in CONTRASTS])
-    inf_wall, inf_cpu = time.perf_counter() - w, time.process_time() - c
+    v = pr.n_voxels
+    contrasts = [np.array(vec, float) for _, vec in CONTRASTS]
+    with numpy_engine() if engine == "numpy" else nullcontext():
+        fit(pr.take(np.arange(min(v, 8))), re)  # compiled code loaded, not timed
+        w, c = time.perf_counter(), time.process_time()
+        fitted = fit(pr, re, method="pSFS", reml=True)
+        fit_wall, fit_cpu = time.perf_counter() - w, time.process_time() - c
+        w, c = time.perf_counter(), time.process_time()
+        infer(pr, re, fitted, contrasts)
+        inf_wall, inf_cpu = time.perf_counter() - w, time.process_time() - c
     nit = fitted.nit
     return {
+        "engine": engine,
+        "route": route,
         "n_voxels": v,
         "q": re.q,
         "levels": list(re.n_levels),
@@ -250,6 +295,49 @@ def our_engine(Y, X, factors) -> dict:
         "llh": fitted.llh,
         "beta": fitted.beta,
     }
+
+
+def boundary_cost(Y, X, factors, seed: int = 3) -> dict:
+    """Return iterations and time per voxel of boundary fits against interior ones.
+
+    The slope study's design with new data: every voxel has a random intercept,
+    half of them no random slope (their fits end on a face of the PSD cone).
+    """
+    rng = np.random.default_rng(seed)
+    factor = factors[0]
+    re = RandomEffects.of(factors)
+    Z = build_Z(factors)
+    n, v = Y.shape
+    sd = np.sqrt(2.0 * np.array([2.0, 0.5]))
+    b = rng.standard_normal((factor.n_levels, 2, v)) * sd[None, :, None]
+    b[:, 1, : v // 2] = 0.0
+    Yb = X @ rng.normal(size=(X.shape[1], v)) + Z @ b.reshape(-1, v) + 100.0
+    Yb = Yb + rng.normal(0.0, np.sqrt(2.0), (n, v))
+    XtX, ZtX, ZtZ = design_products(X, factors)
+    pr = Products(
+        XtX, ZtX, ZtZ, Yb.T @ X, Yb.T @ Z, (Yb**2).sum(0), np.full(v, float(n))
+    )
+    fitted = fit(pr, re)
+    eig = np.linalg.eigvalsh(fitted.D[0])
+    face = eig[:, 0] < 1e-8 * eig[:, 1]
+    out = {"n_voxels": v, "face_voxels": int(face.sum())}
+    for name, where in (("face", face), ("interior", ~face)):
+        idx = np.flatnonzero(where)
+        c = time.process_time()
+        part = fit(pr.take(idx), re)
+        cpu = time.process_time() - c
+        out[name] = {
+            "nit_mean": float(part.nit.mean()),
+            "nit_max": int(part.nit.max()),
+            "cpu_s_per_voxel": cpu / idx.size,
+        }
+    out["face_over_interior_time"] = (
+        out["face"]["cpu_s_per_voxel"] / out["interior"]["cpu_s_per_voxel"]
+    )
+    out["face_over_interior_iterations"] = (
+        out["face"]["nit_mean"] / out["interior"]["nit_mean"]
+    )
+    return out
 
 
 def pyblmm_stages(files, workdir: Path) -> dict:
@@ -297,7 +385,11 @@ def main() -> None:
         preset = STRUCTURES[name]
         files = write_study(preset, work / name / "study")
         Y, X, factors, read_s = load_study(files)
-        ours = our_engine(Y, X, factors)
+        grouped = name == "intercept"  # the workflow's route (statistics: auto)
+        ours = our_engine(Y, X, factors, route="grouped" if grouped else "levels")
+        others = {"numpy": our_engine(Y, X, factors, engine="numpy")}
+        if grouped:
+            others["numba_levels"] = our_engine(Y, X, factors)
         fl = flops_per_iteration(
             tuple(ours["levels"]), tuple(ours["raneffs"]), X.shape[1], ours["bordered"]
         )
@@ -310,11 +402,32 @@ def main() -> None:
             "ours": {k: val for k, val in ours.items() if k not in ("llh", "beta")},
             "flops_per_voxel_iteration": fl,
         }
+        for key, run in others.items():
+            row[f"ours_{key}"] = {
+                k: val for k, val in run.items() if k not in ("llh", "beta")
+            }
+            row[f"ours_{key}"]["llh_max_abs_diff_to_ours"] = float(
+                np.nanmax(np.abs(run["llh"] - ours["llh"]))
+            )
+        if name == "slope":
+            row["boundary"] = boundary_cost(Y, X, factors)
+        for key in ("ours", *(f"ours_{k}" for k in others)):
+            o = row[key]
+            flk = flops_per_iteration(
+                tuple(o["levels"]), tuple(o["raneffs"]), X.shape[1], o["bordered"]
+            )
+            o["flops_per_voxel_iteration"] = flk["iteration"]
+            o["fit_infer_voxels_per_s_per_core"] = v / (
+                o["fit_wall_s"] + o["infer_wall_s"]
+            )
+            o["fit_infer_voxels_per_cpu_s"] = v / (o["fit_cpu_s"] + o["infer_cpu_s"])
+            o["fit_gflops"] = (
+                flk["iteration"] * o["voxel_iterations"] / o["fit_cpu_s"] / 1e9
+            )
+            o["fraction_of_dgemm_peak"] = (
+                o["fit_gflops"] / result["peak"]["dgemm_gflops"]
+            )
         o = row["ours"]
-        o["fit_infer_voxels_per_s_per_core"] = v / (o["fit_wall_s"] + o["infer_wall_s"])
-        o["fit_infer_voxels_per_cpu_s"] = v / (o["fit_cpu_s"] + o["infer_cpu_s"])
-        o["fit_gflops"] = fl["iteration"] * o["voxel_iterations"] / o["fit_cpu_s"] / 1e9
-        o["fraction_of_dgemm_peak"] = o["fit_gflops"] / result["peak"]["dgemm_gflops"]
         if not args.no_pyblmm and PYBLMM.exists():
             pb = pyblmm_stages(files, work / name)
             row["pyblmm"] = pb
