@@ -33,13 +33,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 
 from blmm_scripts.structure import Factor
+
+if TYPE_CHECKING:  # pandas is imported where a table is read (0.3 s a job)
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -397,6 +399,8 @@ def _aliased(X: NDArray[np.float64]) -> list[int]:
 
 def _mixed_columns(table: pd.DataFrame, columns: set[str]) -> dict[str, list[str]]:
     """Return {column: examples} for text columns that are mostly numbers."""
+    import pandas as pd
+
     out = {}
     ids = table.iloc[:, 0].astype(str)
     for col in sorted(columns):
