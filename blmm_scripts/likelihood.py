@@ -459,14 +459,23 @@ class BorderedCurvature(BlockCurvature):
             Weight.V_INV: (K, wood.Sinv),
             Weight.P: (np.concatenate([K, prof.F], 2), Q),
         }
-        self.dense = {}
-        for weight, (W, Qk) in self.low.items():
-            WQ = W @ Qk
-            R0s = N - WQ[:, :w] @ np.swapaxes(W[:, w:], -1, -2)
-            Rss = Css - WQ[:, w:] @ np.swapaxes(W[:, w:], -1, -2)
-            self.dense[weight] = (R0s, Rss)
+        self._N, self._Css = N, Css
+        self._dense: dict[Weight, tuple[NDArray, NDArray]] = {}
         self._Cs: dict[Weight, NDArray] = {}
         self.Bv = np.broadcast_to(self.Bv, (v, *self.Bv.shape[1:]))
+
+    def dense(self, weight: Weight) -> tuple[NDArray, NDArray]:
+        """Return the blocks of Z'AZ next to the border: (rows of factor 1, border).
+
+        Made for the weight a caller asks for (an iteration of REML needs P only).
+        """
+        if weight not in self._dense:
+            W, Qk = self.low[weight]
+            w = self.w
+            WQ = W @ Qk
+            Ws = np.swapaxes(W[:, w:], -1, -2)
+            self._dense[weight] = (self._N - WQ[:, :w] @ Ws, self._Css - WQ[:, w:] @ Ws)
+        return self._dense[weight]
 
     def _W(self, weight: Weight) -> tuple[NDArray, NDArray]:
         """Return the first factor's rows of W as (v, l, q0, m), and Q."""
@@ -485,7 +494,7 @@ class BorderedCurvature(BlockCurvature):
     def _cross(self, k1: int, k2: int, weight: Weight) -> NDArray:
         """Dense block (v, l1, q1, l2, q2) of Z'AZ for a pair involving the border."""
         re, w = self.re, self.w
-        R0s, Rss = self.dense[weight]
+        R0s, Rss = self.dense(weight)
         if k1 == 0:
             o2 = re.offsets[k2] - w
             cols = slice(o2, o2 + re.n_levels[k2] * re.n_raneffs[k2])
