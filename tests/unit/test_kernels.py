@@ -11,6 +11,9 @@ the two (benchmarks/README.md, "Compiled kernels").
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from contextlib import nullcontext
 from dataclasses import replace
 
@@ -203,3 +206,21 @@ def test_numpy_engine_is_restored():
     with numpy_engine():
         assert not likelihood.USE_KERNELS
     assert likelihood.USE_KERNELS
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_pin_threads_sizes_the_kernels_pool(before):
+    """A job's kernels use the threads it was given, whether numba started or not."""
+    pin = "from blmm_scripts.threads import pin_threads; pin_threads(1)"
+    order = f"{pin}; import numba" if before else f"import numba; {pin}"
+    show = "import os; print(numba.get_num_threads(), os.environ['OMP_NUM_THREADS'])"
+    code = f"{order}; {show}"
+    env = {k: v for k, v in os.environ.items() if not k.endswith("NUM_THREADS")}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["1", "1"]
