@@ -268,7 +268,8 @@ def load_voxels(
         try:
             values = _voxel_values(path, voxels, disk_order)
         except Exception as err:  # any reader's error, re-raised naming the file
-            raise ImageReadError(f"image {path} cannot be read: {err}") from err
+            where = Path(path).absolute()
+            raise ImageReadError(f"image {where} cannot be read: {err}") from err
         _log_non_finite(path, values)
         values = values if row is None else row(values)
         if out is None:
@@ -283,6 +284,7 @@ def _log_non_finite(path: Path, values: NDArray[np.float64]) -> None:
     if not bad.any():
         return
     n_nan = int(np.isnan(values).sum())
+    path = Path(path).absolute()
     logger.info(
         "%s: %d NaN and %d Inf values of %d, taken as missing",
         path,
