@@ -267,6 +267,8 @@ def load_voxels(
     for i, path in enumerate(paths):
         try:
             values = _voxel_values(path, voxels, disk_order)
+        except MemoryError:
+            raise
         except Exception as err:  # any reader's error, re-raised naming the file
             where = Path(path).absolute()
             raise ImageReadError(f"image {where} cannot be read: {err}") from err
