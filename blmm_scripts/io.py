@@ -66,8 +66,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
             raise OSError(
                 err.errno,
                 f"No space left on the device (disk full or quota) while writing "
-                f"{path}; it was not written, no half-written file was left and the "
-                "files already there are unchanged. Free space and run again",
+                f"{path}; it was not written and no half-written file was left. Free "
+                "space and run the same command again: it redoes the failed job",
             ) from err
         raise
     finally:
