@@ -35,11 +35,17 @@ include: "rules/compare.smk"
 
 
 # ---- Handlers ----
+onstart:
+    lock_outdir()
+
+
 onsuccess:
+    unlock_outdir()
     print(f"BLMM finished: maps in {OUTDIR}/ (blmm_vox_*{SETTINGS.map_suffix})")
 
 
 onerror:
+    unlock_outdir()
     print(f"BLMM failed: see the logs in {OUTDIR}/work/logs/")
 
 

@@ -1,17 +1,22 @@
 """File formats: path lists, numeric CSV tables, NIfTI images, arrays and YAML.
 
-Nothing else in the package touches disk.  Output maps are written atomically (a
-temporary file in the same folder, then a rename), so a failed job never leaves a
-half-written map behind.
+Nothing else in the package touches disk.  Every file is written atomically
+(:func:`atomic_path`: a temporary file in the same folder, flushed to disk, then
+renamed), so a killed job or a full disk never leaves a half-written file under an
+output's name.  Images that cannot be read raise :class:`ImageReadError` naming the
+file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import gzip
 import logging
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,72 @@ import yaml
 from numpy.typing import NDArray
 
 logger = logging.getLogger(__name__)
+
+#: Marks the temporary files of :func:`atomic_path`: ``.<name>.<pid>.partial<ext>``.
+PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.partial(\.[^/]*)?$")
+
+
+class ImageReadError(ValueError):
+    """An image (or data mask) whose data cannot be read; the message names it."""
+
+
+def _extension(path: Path) -> str:
+    """Return the extension a file format is recognised by (``.nii.gz`` as one)."""
+    return ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; it becomes ``path`` if the block ends.
+
+    The temporary file keeps the extension (writers that pick a format by name
+    still work), is flushed to disk and renamed over ``path``; if the block raises
+    it is removed.  A full disk (or quota) raises ``OSError`` saying which file and
+    that nothing half-written was left.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{_extension(path)}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(
+                err.errno,
+                f"No space left on the device (disk full or quota) while writing "
+                f"{path}; it was not written and no half-written file was left. Free "
+                "space and run the same command again: it redoes the failed job",
+            ) from err
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_partial_files(folder: Path) -> list[Path]:
+    """Remove the temporary files that dead processes left below a folder.
+
+    A temporary file of :func:`atomic_path` whose writer (the pid in its name) no
+    longer exists was left by a killed job; it is never read, and removing it only
+    tidies.  Returns the files removed.
+    """
+    removed = []
+    for tmp in Path(folder).rglob(".*.partial*"):
+        m = PARTIAL.match(tmp.name)
+        if m is None or not tmp.is_file():
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        except PermissionError:  # alive, another user's
+            pass
+    return removed
 
 
 def read_path_list(path: Path) -> list[str]:
@@ -127,10 +198,22 @@ def image_grid(path: Path) -> tuple[tuple[int, ...], NDArray[np.float64]]:
     """
     block = _nifti1_header(Path(path))
     if block is not None:
-        shape, affine, _ = _parse_nifti1(block)
+        shape, affine, layout = _parse_nifti1(block)
+        if layout is None:  # a data type that a plain read does not cover
+            _check_dtype(nib.load(str(path)).get_data_dtype())
         return shape, affine.copy()
     img = nib.load(str(path))
+    _check_dtype(img.get_data_dtype())
     return _spatial(img.shape), np.asarray(img.affine, dtype=np.float64)
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    """Raise if an image's data type is not real numbers (complex, RGB, ...)."""
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise ImageReadError(
+            f"data type {dtype} is not supported (only real numbers: integers, "
+            "floats, booleans)"
+        )
 
 
 def _spatial(shape: Sequence[int]) -> tuple[int, ...]:
@@ -221,12 +304,37 @@ def load_voxels(
     out = None
     disk_order: dict[tuple[int, ...], NDArray[np.intp]] = {}  # per grid
     for i, path in enumerate(paths):
-        values = _voxel_values(path, voxels, disk_order)
+        try:
+            values = _voxel_values(path, voxels, disk_order)
+        except MemoryError:
+            raise
+        except Exception as err:  # any reader's error, re-raised naming the file
+            where = Path(path).absolute()
+            raise ImageReadError(f"image {where} cannot be read: {err}") from err
+        _log_non_finite(path, values)
         values = values if row is None else row(values)
         if out is None:
             out = np.empty((len(paths), values.size), dtype=values.dtype)
         out[i] = values
     return out if out is not None else np.zeros((0, 0))
+
+
+def _log_non_finite(path: Path, values: NDArray[np.float64]) -> None:
+    """Log the NaN and Inf values of an image (they count as missing)."""
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    n_nan = int(np.isnan(values).sum())
+    path = Path(path).absolute()
+    logger.info(
+        "%s: %d NaN and %d Inf values of %d, taken as missing",
+        path,
+        n_nan,
+        int(bad.sum()) - n_nan,
+        values.size,
+    )
+    if bad.all():
+        logger.warning("%s is NaN or Inf at every voxel read: missing everywhere", path)
 
 
 def _voxel_values(
@@ -255,16 +363,21 @@ def _voxel_values(
             dtype, shape, offset, slope, inter = layout
             count = int(np.prod(shape))
             raw = np.fromfile(path, dtype=dtype, count=count, offset=offset)
-            if raw.size == count:
-                # on disk the first axis varies fastest; voxels are C-order indices
-                if shape not in disk_order:
-                    flat = np.arange(count) if voxels is None else voxels
-                    disk_order[shape] = _fortran_index(flat, shape)
-                values = raw[disk_order[shape]].astype(np.float64)
-                if slope != 1.0 or inter != 0.0:
-                    values = values * slope + inter
-                return values
+            if raw.size < count:
+                raise ImageReadError(
+                    f"the data block is cut short: {raw.size} of {count} values "
+                    "(the file is truncated or was still being written)"
+                )
+            # on disk the first axis varies fastest; voxels are C-order indices
+            if shape not in disk_order:
+                flat = np.arange(count) if voxels is None else voxels
+                disk_order[shape] = _fortran_index(flat, shape)
+            values = raw[disk_order[shape]].astype(np.float64)
+            if slope != 1.0 or inter != 0.0:
+                values = values * slope + inter
+            return values
     img = nib.load(str(path))
+    _check_dtype(img.get_data_dtype())
     proxy = img.dataobj
     if not nib.is_proxy(proxy):
         flat = load_volume(path).reshape(-1)
@@ -303,18 +416,13 @@ def save_map(path: Path, volumes: NDArray, reference: Path) -> None:
     img = nib.Nifti1Image(data, ref.affine, header=header)
     img.header.set_data_dtype(dtype)
     img.header.set_slope_inter(1.0, 0.0)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{suffix}")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_arrays(path: Path, **arrays: NDArray) -> None:
-    """Write arrays to one uncompressed ``.npz`` file."""
-    with Path(path).open("wb") as fh:
+    """Write arrays to one uncompressed ``.npz`` file (atomically)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
         np.savez(fh, **arrays)
 
 
@@ -325,8 +433,9 @@ def load_arrays(path: Path) -> dict[str, NDArray]:
 
 
 def save_array(path: Path, array: NDArray) -> None:
-    """Write one array as ``.npy`` (readable later with ``mmap_mode``)."""
-    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+    """Write one array as ``.npy`` (readable later with ``mmap_mode``; atomically)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def open_npy(path: Path) -> NDArray:
@@ -355,7 +464,10 @@ def csr_from(arrays: dict[str, NDArray]) -> sp.csr_matrix:
 
 def write_yaml(path: Path, data: dict[str, Any]) -> None:
     """Write a YAML document atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file (HTML, TSV, a path list) atomically, as UTF-8."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

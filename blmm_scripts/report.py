@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from blmm_scripts import io
 from blmm_scripts.structure import Status
 
 logger = logging.getLogger(__name__)
@@ -307,7 +308,8 @@ def plot_contrast(
             vmax,
             name,
         )
-    fig.savefig(path, dpi=90)
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return int(above.sum())
 
@@ -362,7 +364,8 @@ def plot_mosaic(
     if labels is not None:
         cbar.set_ticks(codes)
         cbar.set_ticklabels([f"{c} {labels[c]}" for c in codes])
-    fig.savefig(path, dpi=90)
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import yaml
 from numpy.typing import NDArray
 
+from blmm_scripts import io
 from blmm_scripts.config import ConfigError, Inputs, Settings
 from blmm_scripts.structure import Factor
 
@@ -270,21 +270,27 @@ def simulate_study(
         """Write one NIfTI volume."""
         img = nib.Nifti1Image(np.asarray(data, dtype=dtype), study.affine)
         img.header.set_xyzt_units("mm")
-        nib.save(img, str(path))
+        with io.atomic_path(path) as tmp:
+            nib.save(img, str(tmp))
 
     for i, name in enumerate(study.names):
         save(files[f"image {name}"], study.Y[i], np.float32)
         save(files[f"mask {name}"], study.data_masks[i], np.uint8)
     save(files["analysis_mask"], study.analysis_mask, np.uint8)
-    files["Y_files"].write_text(
-        "".join(f"{files[f'image {s}']}\n" for s in study.names)
+    io.write_text(
+        files["Y_files"], "".join(f"{files[f'image {s}']}\n" for s in study.names)
     )
-    files["data_mask_files"].write_text(
-        "".join(f"{files[f'mask {s}']}\n" for s in study.names)
+    io.write_text(
+        files["data_mask_files"],
+        "".join(f"{files[f'mask {s}']}\n" for s in study.names),
     )
-    np.savetxt(files["X"], study.X, delimiter=",", fmt="%.17g")
-    np.savetxt(files["factor"], study.subject[:, None], delimiter=",", fmt="%d")
-    np.savetxt(files["design"], study.Z_design, delimiter=",", fmt="%.17g")
+    for key, table, fmt in (
+        ("X", study.X, "%.17g"),
+        ("factor", study.subject[:, None], "%d"),
+        ("design", study.Z_design, "%.17g"),
+    ):
+        with io.atomic_path(files[key]) as tmp:
+            np.savetxt(tmp, table, delimiter=",", fmt=fmt)
     config = {
         "Y_files": str(files["Y_files"]),
         "data_mask_files": str(files["data_mask_files"]),
@@ -308,7 +314,7 @@ def simulate_study(
         ],
         "Missingness": {"MinPercent": 0.5},
     }
-    files["config"].write_text(yaml.safe_dump(config, sort_keys=False))
+    io.write_yaml(files["config"], config)
     logger.info(
         "Simulated %d images of shape %s (seed %d) in %s",
         len(study.names),

@@ -13,6 +13,8 @@ from snakemake.utils import validate
 
 from blmm_scripts import config as blmm_config
 from blmm_scripts import grouped as blmm_grouped
+from blmm_scripts import io as blmm_io
+from blmm_scripts import runlock
 from blmm_scripts.batching import BATCH_ARRAYS
 from blmm_scripts.maps import map_names
 from blmm_scripts.partition import job_mem_mb, make_plan
@@ -200,3 +202,24 @@ def map_files():
 def final_outputs():
     """Return every final output: the maps and inputs.yml."""
     return [*map_files().values(), f"{OUTDIR}/inputs.yml"]
+
+
+# One run per outdir (README, Reliability): the main Snakemake process takes the
+# lock when it is about to start jobs (onstart) and holds it until it ends.
+RUN_LOCKS = []
+
+
+def lock_outdir():
+    """Take outdir's lock, or stop before any job if another run holds it.
+
+    With the lock held, temporary files of killed jobs are removed (they are never
+    read; this only tidies).
+    """
+    RUN_LOCKS.append(runlock.acquire(SETTINGS.outdir, Path.cwd()))
+    blmm_io.remove_partial_files(SETTINGS.outdir)
+
+
+def unlock_outdir():
+    """Release outdir's lock (the end of the process would drop it too)."""
+    for lock in RUN_LOCKS:
+        lock.release()

@@ -43,5 +43,5 @@ with log_to_file(snakemake.log[0]):
         yaml.safe_load(Path(inp.inputs).read_text()),
         timings,
     )
-    table.to_csv(snakemake.output.tsv, sep="\t", index=False)
-    Path(snakemake.output.html).write_text(summary_html(table, "BLMM run summary"))
+    io.write_text(snakemake.output.tsv, table.to_csv(sep="\t", index=False))
+    io.write_text(snakemake.output.html, summary_html(table, "BLMM run summary"))

@@ -165,6 +165,22 @@ def assert_maps_equal(actual: dict, expected: dict) -> None:
         np.testing.assert_array_equal(actual[name], value, err_msg=name)
 
 
+def slurm_jobs(workdir: Path) -> list[dict[str, str]]:
+    """Return id, state, time limit and comment of the SLURM jobs working in workdir.
+
+    Finished jobs too, while SLURM lists them (MinJobAge, see slurm.sh).
+    """
+    out = subprocess.run(
+        ["squeue", "-h", "--states=all", "-o", "%i|%T|%l|%k|%Z"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    keys = ("id", "state", "limit", "comment", "cwd")
+    rows = [line.split("|") for line in out.splitlines() if line.count("|") == 4]
+    return [dict(zip(keys, r, strict=True)) for r in rows if r[4] == str(workdir)]
+
+
 def tail(result: subprocess.CompletedProcess, n: int = 4000) -> str:
     """Return the end of a run's output for an assertion message."""
     return (result.stdout + result.stderr)[-n:]

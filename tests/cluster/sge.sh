@@ -34,6 +34,21 @@ wait_for() {   # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# A daemon that refuses to start writes why to its messages file, not to us: on a failed
+# start, show the last lines of the one of the daemon being started (STARTING_LOG, a glob:
+# execd's spool folder is named after the host as SGE resolves it).
+STARTING_LOG=
+explain_failure() {
+    local rc=$? f
+    ((rc == 0)) && return 0
+    for f in $STARTING_LOG; do   # unquoted: the glob expands
+        [[ -s $f ]] || continue
+        log "start failed (exit $rc); last lines of $f:"
+        tail -n 12 "$f" | sed 's/^/    /' >&2
+    done
+    return "$rc"
+}
 qmaster_ok() { timeout 5 qconf -sh >/dev/null 2>&1; }
 queue_ok() {
     # "all.q@vm  BIP  0/0/2  0.12  lx-amd64" with a load value and no state letters (column 6).
@@ -158,6 +173,7 @@ Q
 }
 
 start() {
+    trap explain_failure EXIT
     [[ $(id -u) -eq 0 ]] || die "must run as root"
     [[ -x /usr/sbin/sge_qmaster ]] || die "sge_qmaster not found; run tests/cluster/install-schedulers.sh"
     getent hosts "$HOST" >/dev/null || die "host name $HOST does not resolve; add it to /etc/hosts"
@@ -166,15 +182,19 @@ start() {
     ensure_cell
     install -d -o sgeadmin -g sgeadmin /run/gridengine
 
+    STARTING_LOG=$SPOOL/qmaster/messages
     if ! qmaster_ok; then
-        /usr/sbin/sge_qmaster   # daemonizes, runs as sgeadmin, writes $QMASTER_PID
+        # daemonizes, runs as sgeadmin, writes $QMASTER_PID
+        /usr/sbin/sge_qmaster || die "sge_qmaster did not start (exit $?)"
         started qmaster
     fi
     wait_for "$WAIT_S" sge_qmaster qmaster_ok
     configure
 
+    STARTING_LOG="$SPOOL/execd/*/messages"
     if ! pid_alive "$EXECD_PID"; then
-        SGE_EXECD_PIDFILE=$EXECD_PID /usr/sbin/sge_execd   # registers itself as execution host
+        # registers itself as execution host
+        SGE_EXECD_PIDFILE=$EXECD_PID /usr/sbin/sge_execd || die "sge_execd did not start (exit $?)"
         started execd
     fi
     local tmp
@@ -186,6 +206,7 @@ start() {
     qmod -c "all.q@${HOST}" >/dev/null 2>&1 || true
     wait_for "$WAIT_S" "all.q@${HOST} to report load" queue_ok
     log "up: $(qstat -f -q "all.q@${HOST}" | awk -v q="all.q@${HOST}" '$1 == q')"
+    trap - EXIT
 }
 
 stop_pid() {   # stop_pid NAME PIDFILE: wait until a daemon asked to quit is gone

@@ -86,7 +86,22 @@ CONF
 
 started() { echo "$1" >>"$STATE_DIR/started"; }
 
+# A daemon that refuses to start writes why to its log, not to us (e.g. slurmctld's
+# "CLUSTER NAME MISMATCH" for a StateSaveLocation of another cluster name): on a failed
+# start, show the last lines of the log of the daemon being started (STARTING_LOG).
+STARTING_LOG=
+explain_failure() {
+    local rc=$?
+    ((rc == 0)) && return 0
+    if [[ -s $STARTING_LOG ]]; then
+        log "start failed (exit $rc); last lines of $STARTING_LOG:"
+        tail -n 12 "$STARTING_LOG" | sed 's/^/    /' >&2
+    fi
+    return "$rc"
+}
+
 start() {
+    trap explain_failure EXIT
     [[ $(id -u) -eq 0 ]] || die "must run as root"
     command -v slurmctld >/dev/null || die "slurmctld not found; run tests/cluster/install-schedulers.sh"
     install -d -m 0755 "$STATE_DIR"
@@ -97,29 +112,34 @@ start() {
     [[ -e /var/log/munge/munged.log ]] && chown munge:munge /var/log/munge/munged.log
     install -d -m 0755 /var/spool/slurmd /var/spool/slurmctld /var/log/slurm
 
+    STARTING_LOG=/var/log/munge/munged.log
     if ! munge_ok; then
-        runuser -u munge -- /usr/sbin/munged
+        runuser -u munge -- /usr/sbin/munged || die "munged did not start (exit $?)"
         started munged
     fi
     wait_for "$WAIT_S" munged munge_ok
 
     write_conf
+    STARTING_LOG=/var/log/slurm/slurmctld.log
     if ctld_ok; then
         scontrol reconfigure
     else
-        /usr/sbin/slurmctld   # recovers jobs and job ids from StateSaveLocation, if any
+        # recovers jobs and job ids from StateSaveLocation, if any
+        /usr/sbin/slurmctld || die "slurmctld did not start (exit $?)"
         started slurmctld
     fi
     wait_for "$WAIT_S" slurmctld ctld_ok
 
+    STARTING_LOG=/var/log/slurm/slurmd.log
     if ! pid_alive /run/slurmd.pid; then
-        /usr/sbin/slurmd
+        /usr/sbin/slurmd || die "slurmd did not start (exit $?)"
         started slurmd
     fi
     wait_for "$WAIT_S" "the node to become idle" node_ok
     # A node left DOWN/DRAIN by an earlier run (e.g. killed mid-job) comes back here.
     scontrol update nodename="$(hostname -s)" state=resume >/dev/null 2>&1 || true
     log "up: $(sinfo -h -o '%P %a %D %T' | head -1)"
+    trap - EXIT
 }
 
 stop_pid() {   # stop_pid NAME PIDFILE

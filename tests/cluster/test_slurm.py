@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from cluster_helpers import (
@@ -28,6 +27,7 @@ from cluster_helpers import (
     copy_study,
     read_maps,
     run_snakemake,
+    slurm_jobs,
     snakemake_cmd,
     tail,
 )
@@ -38,18 +38,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 #: the job; SLURM kills it (OverMemoryKill, see slurm.sh) and the retry gets 2000 MB.
 STARVED_SETUP = "setup:mem_mb=100 if attempt == 1 else 2000"
 ARGS = (*SLURM_TEST_ARGS, *EXAMPLE_ARGS)
-
-
-def _own_jobs(workdir: Path) -> list[tuple[str, str, str]]:
-    """Return (job id, state, comment) of the SLURM jobs working in workdir."""
-    out = subprocess.run(
-        ["squeue", "-h", "--states=all", "-o", "%i|%T|%k|%Z"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    rows = [line.split("|") for line in out.splitlines() if line.count("|") == 3]
-    return [(i, state, k) for i, state, k, cwd in rows if cwd == str(workdir)]
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +66,11 @@ def scenario(slurm, example_data, tmp_path_factory):
     ) as run:
         deadline = time.monotonic() + 280
         while run.poll() is None and time.monotonic() < deadline and not cancelled:
-            for jobid, state, comment in _own_jobs(workdir):
-                if state == "RUNNING" and "voxels" in comment and not cancelled:
-                    subprocess.run(["scancel", jobid], check=True)
-                    cancelled.append(jobid)
+            for job in slurm_jobs(workdir):
+                running = job["state"] == "RUNNING" and "voxels" in job["comment"]
+                if running and not cancelled:
+                    subprocess.run(["scancel", job["id"]], check=True)
+                    cancelled.append(job["id"])
             time.sleep(0.5)
         first_out, _ = run.communicate(timeout=300)
     first = subprocess.CompletedProcess(cmd, run.returncode, first_out, "")
