@@ -305,12 +305,21 @@ def _polish(
         idx = ii[ok & (np.abs(step).max(axis=1) > 1e-12 * scale)]
 
 
-def _initial_D(products: Products, re: RandomEffects) -> list[NDArray]:
-    """One ML scoring step from D = 0 at the OLS fit: Demidenko's moment estimator."""
+def _ols(products: Products, re: RandomEffects) -> Profile:
+    """Return the profile at D = 0 by ML: the OLS fit of every voxel."""
     v = products.n_voxels
     zero = [np.zeros((v, qk, qk)) for qk in re.n_raneffs]
-    prof = profile(products, re, zero, reml=False)
-    steps = _step(prof, prof.sigma2, "SFS", Weight.V_INV)[1]
+    return profile(products, re, zero, reml=False)
+
+
+def _no_variance(prof: Profile) -> NDArray[np.bool_]:
+    """Return where the residuals are zero to rounding (constant data, n = p)."""
+    return ~(1e-12 * np.maximum(np.abs(prof.products.YtY), 1e-300) < prof.S)
+
+
+def _initial_D(ols: Profile) -> list[NDArray]:
+    """One ML scoring step from D = 0 at the OLS fit: Demidenko's moment estimator."""
+    steps = _step(ols, ols.sigma2, "SFS", Weight.V_INV)[1]
     return [psd_sqrt(np.nan_to_num(s))[0] for s in steps]
 
 
@@ -370,13 +379,21 @@ def fit(
     beta = np.full((v, p), np.nan)
 
     if ok.size:
+        # no residual variance (constant data, n = p): nothing to estimate
+        ols = _ols(products.take(ok), re)
+        flat = _no_variance(ols)
+        status[ok[flat]] = Status.NO_VARIANCE
+        ols, ok = ols.take(np.flatnonzero(~flat)), ok[~flat]
+    if ok.size:
         sub = products.take(ok)
-        D0 = _initial_D(sub, re)
+        D0 = _initial_D(ols)
+        del ols  # its per-level arrays, before the next profile's
         sq = [psd_sqrt(Dk)[1] for Dk in D0]
         prof = profile(sub, re, sq, reml)
-        s2 = prof.sigma2
-        l0 = prof.llh()
-        no_var = ~(1e-12 * np.maximum(np.abs(sub.YtY), 1e-300) < prof.S)
+        no_var = _no_variance(prof)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s2 = prof.sigma2
+            l0 = prof.llh()
         bad = ~np.isfinite(l0)
         status[ok[no_var]] = Status.NO_VARIANCE
         status[ok[bad & ~no_var]] = Status.NOT_FINITE

@@ -115,12 +115,6 @@ def test_voxels_that_cannot_be_fitted_get_status_codes(rng):
     assert np.isfinite(inf.conT[5]).all() and np.isfinite(inf.conF[5]).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: the constant and n = p voxels divide by zero (numpy "
-    "RuntimeWarning, in likelihood.py) before they are flagged NO_VARIANCE; "
-    "the result is right, the warnings reach every job log",
-)
 def test_degenerate_voxels_raise_no_warnings(rng):
     """Flagging a voxel the model cannot fit raises no numpy warning."""
     X, factor, Y = degenerate_study(rng)
