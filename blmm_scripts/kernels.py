@@ -576,24 +576,33 @@ def _curvature_sums_2(A, ZtX, ZtY, Lam, weight, H, beta):
                 c11 += F[1, m] * HF[1, m]
             cc[0], cc[1], cc[2] = c00, c01, c11
             sv[0], sv[1], sv[2] = s0 * s0, s0 * s1, s1 * s1
-            for P in range(3):
+            for P in range(3):  # BB and BC are symmetric: upper triangle only
                 a_ss[P] += sv[P]
-                a_Bw[P] += w * bv[P]
+                wb = w * bv[P]
+                a_Bw[P] += wb
                 a_C[P] += cc[P]
-                for Q in range(3):
-                    a_BB[P, Q] += w * bv[P] * bv[Q]
+                for Q in range(P, 3):
+                    a_BB[P, Q] += wb * bv[Q]
                     a_BC[P, Q] += bv[P] * cc[Q] + cc[P] * bv[Q]
+                for Q in range(3):
                     a_sB[P, Q] += sv[P] * bv[Q]
             for m in range(p):
-                a_sF[0, 0, m] += s0 * F[0, m]
-                a_sF[0, 1, m] += s0 * F[1, m]
-                a_sF[1, 0, m] += s1 * F[0, m]
-                a_sF[1, 1, m] += s1 * F[1, m]
                 f0, f1 = F[0, m], F[1, m]
-                for n in range(p):
+                a_sF[0, 0, m] += s0 * f0
+                a_sF[0, 1, m] += s0 * f1
+                a_sF[1, 0, m] += s1 * f0
+                a_sF[1, 1, m] += s1 * f1
+                for n in range(m, p):  # the F_0 F_0' and F_1 F_1' blocks: upper
                     a_FF[0, m, n] += f0 * F[0, n]
-                    a_FF[1, m, n] += f0 * F[1, n]
                     a_FF[2, m, n] += f1 * F[1, n]
+                for n in range(p):
+                    a_FF[1, m, n] += f0 * F[1, n]
+        for P in range(3):
+            for Q in range(P):
+                a_BB[P, Q], a_BC[P, Q] = a_BB[Q, P], a_BC[Q, P]
+        for m in range(p):
+            for n in range(m):
+                a_FF[0, m, n], a_FF[2, m, n] = a_FF[0, n, m], a_FF[2, n, m]
         for x in range(2):
             for y in range(2):
                 ss[i, x, y] = a_ss[x + y]

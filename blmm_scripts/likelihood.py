@@ -41,7 +41,12 @@ from blmm_scripts._linalg import (
     woodbury,
     ztz_apply,
 )
-from blmm_scripts.structure import Products, RandomEffects, duplication_matrix
+from blmm_scripts.structure import (
+    Products,
+    RandomEffects,
+    duplication_matrix,
+    every_voxel,
+)
 
 LOG_2PI = np.log(2.0 * np.pi)
 
@@ -110,6 +115,8 @@ class Profile:
 
     def take(self, index: NDArray) -> Profile:
         """Return the profile of a subset of voxels (index into the voxel axis)."""
+        if every_voxel(index, self.beta.shape[0]):
+            return self
         return self._rows(lambda a: a[index], self.products.take(index))
 
     def where(self, use: NDArray[np.bool_], other: Profile) -> Profile:

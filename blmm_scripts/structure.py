@@ -268,6 +268,16 @@ def duplication_matrix(qk: int) -> NDArray[np.float64]:
     return dup
 
 
+def every_voxel(index: NDArray, n_voxels: int) -> bool:
+    """Return whether an integer index selects voxels 0..n_voxels-1 in order."""
+    index = np.asarray(index)
+    return (
+        index.dtype.kind in "iu"
+        and index.shape == (n_voxels,)
+        and (n_voxels == 0 or (index[0] == 0 and bool(np.all(np.diff(index) == 1))))
+    )
+
+
 @dataclass(frozen=True)
 class Products:
     """Product matrices of a stack of voxels.
@@ -306,7 +316,12 @@ class Products:
         return self.YtY.shape[0]
 
     def take(self, index: NDArray) -> Products:
-        """Return the products of a subset of voxels (index into the voxel axis)."""
+        """Return the products of a subset of voxels (index into the voxel axis).
+
+        An index of every voxel in order returns these products, uncopied.
+        """
+        if every_voxel(index, self.n_voxels):
+            return self
 
         def sel(a: NDArray) -> NDArray:
             return a if a.shape[0] == 1 and self.n_voxels != 1 else a[index]
