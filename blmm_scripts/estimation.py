@@ -261,12 +261,16 @@ def _polish(
     boundary keep the estimates their iterations reached.  Updates D in place.
     """
     dups = [duplication_matrix(qk) for qk in re.n_raneffs]
+    carried = None  # the profile at the updated D of the voxels still stepping
     for _ in range(steps):
         ii = idx
         if ii.size == 0:
             return
-        sub = products.take(ii)
-        prof = profile(sub, re, [psd_sqrt(Dk[ii])[1] for Dk in D], reml)
+        if carried is None:
+            sub = products.take(ii)
+            prof = profile(sub, re, [psd_sqrt(Dk[ii])[1] for Dk in D], reml)
+        else:
+            prof, sub = carried, carried.products
         s2 = prof.sigma2
         curv = curvature(prof)
         J = observed_information(prof, s2, curv)
@@ -289,7 +293,8 @@ def _polish(
             clipped |= clip
             o += w
         old = prof.llh()
-        new = profile(sub, re, [psd_sqrt(Dn)[1] for Dn in new_D], reml).llh()
+        new_prof = profile(sub, re, [psd_sqrt(Dn)[1] for Dn in new_D], reml)
+        new = new_prof.llh()
         # Near the optimum the log-likelihood is flat to its rounding error (S is a
         # difference of large sums of squares, good to ~1e-12 of Y'Y), so a Newton
         # step may show a change of that size either way.
@@ -302,7 +307,9 @@ def _polish(
             1.0,
             np.concatenate([np.abs(Dk[ii]).reshape(ii.size, -1) for Dk in D], 1).max(1),
         )
-        idx = ii[ok & (np.abs(step).max(axis=1) > 1e-12 * scale)]
+        more = ok & (np.abs(step).max(axis=1) > 1e-12 * scale)
+        idx = ii[more]
+        carried = new_prof.take(np.flatnonzero(more))
 
 
 def _ols(products: Products, re: RandomEffects) -> Profile:
