@@ -22,7 +22,6 @@ iteration changes its log-likelihood by less than `tol`.  Starting values: OLS Î
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 import numpy as np
 from numpy.typing import NDArray
@@ -519,7 +518,8 @@ def fit(
     beta[dropped], sigma2[dropped], llh[dropped] = np.nan, np.nan, np.nan
     for Dk in D:
         Dk[dropped] = np.nan
-    counts = Counter(Status(s).name for s in status)
+    codes, n_each = np.unique(status, return_counts=True)
+    counts = {Status(c).name: int(k) for c, k in zip(codes, n_each, strict=True)}
     logger.info(
         "fitted %d voxels by %s (%s): %s",
         v,

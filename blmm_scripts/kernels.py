@@ -62,8 +62,15 @@ def _flush(tot_xx, acc_xx, tot_xy, acc_xy):
 
 @njit(cache=True, inline="always")
 def _profile_outputs(v, p):
-    """Allocate log|V|, X'V^-1 X, X'V^-1 Y, Y'V^-1 Y of v voxels."""
-    return np.empty(v), np.empty((v, p, p)), np.empty((v, p)), np.empty(v)
+    """Allocate log|V|, X'V^-1 X, X'V^-1 Y, Y'V^-1 Y, its inverse and log|X'V^-1 X|."""
+    return (
+        np.empty(v),
+        np.empty((v, p, p)),
+        np.empty((v, p)),
+        np.empty(v),
+        np.empty((v, p, p)),
+        np.empty(v),
+    )
 
 
 @njit(cache=True, inline="always")
@@ -202,7 +209,7 @@ def _woodbury_block(Lam, B, G, Minv, T, M):
 
 @njit(cache=True, parallel=True)
 def _profile_sums_k(A, ZtX, ZtY, Lam, weight, XtX, XtY, YtY):
-    """Return log|V|, X'V^-1 X, X'V^-1 Y and Y'V^-1 Y of each voxel.
+    """Return log|V|, X'V^-1 X, X'V^-1 Y, Y'V^-1 Y, H and log|X'V^-1 X| per voxel.
 
     A (mA, l, k, k) the blocks Z_j'Z_j; ZtX (mX, l k, p); ZtY (v, l k); Lam
     (v, k, k); weight (mW, l) the level weights (ones for real levels); XtX
@@ -211,7 +218,7 @@ def _profile_sums_k(A, ZtX, ZtY, Lam, weight, XtX, XtY, YtY):
     """
     v, k = Lam.shape[0], Lam.shape[1]
     n_levels, p = A.shape[1], ZtX.shape[2]
-    logdet, XtViX, XtViY, YtViY = _profile_outputs(v, p)
+    logdet, XtViX, XtViY, YtViY, H, logdetX = _profile_outputs(v, p)
     sa, sx, sw, sxx = _strides(A, ZtX, weight, XtX)
     for i in prange(v):
         ia, ix, iw, ixx = i * sa, i * sx, i * sw, i * sxx
@@ -256,7 +263,8 @@ def _profile_sums_k(A, ZtX, ZtY, Lam, weight, XtX, XtY, YtY):
         _symmetrise(tot_xx)
         logdet[i] = ld
         XtViX[i], XtViY[i], YtViY[i] = tot_xx, tot_xy, tot_yy
-    return logdet, XtViX, XtViY, YtViY
+        logdetX[i] = _inverse(tot_xx, H[i])
+    return logdet, XtViX, XtViY, YtViY, H, logdetX
 
 
 @njit(cache=True, parallel=True)
@@ -366,7 +374,7 @@ def _profile_sums_1(A, ZtX, ZtY, Lam, weight, XtX, XtY, YtY):
     1e150 of growth instead of one per level).
     """
     v, n_levels, p = Lam.shape[0], A.shape[1], ZtX.shape[2]
-    logdet, XtViX, XtViY, YtViY = _profile_outputs(v, p)
+    logdet, XtViX, XtViY, YtViY, H, logdetX = _profile_outputs(v, p)
     sa, sx, sw, sxx = _strides(A, ZtX, weight, XtX)
     for i in prange(v):
         ia, ix, iw, ixx = i * sa, i * sx, i * sw, i * sxx
@@ -394,7 +402,8 @@ def _profile_sums_1(A, ZtX, ZtY, Lam, weight, XtX, XtY, YtY):
         _symmetrise(tot_xx)
         logdet[i] = np.nan if bad else ld + np.log(prod)
         XtViX[i], XtViY[i], YtViY[i] = tot_xx, tot_xy, tot_yy
-    return logdet, XtViX, XtViY, YtViY
+        logdetX[i] = _inverse(tot_xx, H[i])
+    return logdet, XtViX, XtViY, YtViY, H, logdetX
 
 
 @njit(cache=True, parallel=True)
@@ -481,7 +490,7 @@ def _woodbury_2(Lam, a, b, c):
 def _profile_sums_2(A, ZtX, ZtY, Lam, weight, XtX, XtY, YtY):
     """:func:`_profile_sums_k` for a random intercept and slope (k = 2), in scalars."""
     v, n_levels, p = Lam.shape[0], A.shape[1], ZtX.shape[2]
-    logdet, XtViX, XtViY, YtViY = _profile_outputs(v, p)
+    logdet, XtViX, XtViY, YtViY, H, logdetX = _profile_outputs(v, p)
     sa, sx, sw, sxx = _strides(A, ZtX, weight, XtX)
     for i in prange(v):
         ia, ix, iw, ixx = i * sa, i * sx, i * sw, i * sxx
@@ -513,7 +522,8 @@ def _profile_sums_2(A, ZtX, ZtY, Lam, weight, XtX, XtY, YtY):
         _symmetrise(tot_xx)
         logdet[i] = np.nan if bad else ld + np.log(prod)
         XtViX[i], XtViY[i], YtViY[i] = tot_xx, tot_xy, tot_yy
-    return logdet, XtViX, XtViY, YtViY
+        logdetX[i] = _inverse(tot_xx, H[i])
+    return logdet, XtViX, XtViY, YtViY, H, logdetX
 
 
 @njit(cache=True, parallel=True)
@@ -625,12 +635,14 @@ def _curvature_sums_2(A, ZtX, ZtY, Lam, weight, H, beta):
 
 
 def profile_sums(A, ZtX, ZtY, Lam, weight, XtX, XtY, YtY):
-    """Return log|V|, X'V^-1 X, X'V^-1 Y and Y'V^-1 Y of each voxel.
+    """Return log|V|, X'V^-1 X, X'V^-1 Y, Y'V^-1 Y, H and log|X'V^-1 X| per voxel.
 
     A (mA, l, k, k) the blocks Z_j'Z_j; ZtX (mX, l k, p); ZtY (v, l k); Lam
     (v, k, k); weight (mW, l) the level weights (ones for real levels); XtX
     (mXX, p, p); XtY (v, p); YtY (v,).  A leading axis of length 1 is shared by
-    every voxel.  Shapes out: (v,), (v, p, p), (v, p), (v,).
+    every voxel.  Shapes out: (v,), (v, p, p), (v, p), (v,), (v, p, p), (v,);
+    H = (X'V^-1 X)^-1 by Cholesky, NaN (and log|X'V^-1 X| NaN) where it is not
+    positive definite.
     """
     kernel = (_profile_sums_1, _profile_sums_2, _profile_sums_k)[
         min(Lam.shape[-1], 3) - 1

@@ -236,7 +236,7 @@ def profile(
 
     pr = products
     A, ZtX, ZtY, lam, w = _kernel_inputs(pr, re, sqrtD[0])
-    logdet, XtViX, XtViY, YtViY = profile_sums(
+    logdet, XtViX, XtViY, YtViY, H, logdetX = profile_sums(
         A,
         ZtX,
         ZtY,
@@ -246,7 +246,9 @@ def profile(
         np.ascontiguousarray(pr.XtY, dtype=np.float64),
         np.ascontiguousarray(pr.YtY, dtype=np.float64),
     )
-    H, logdetX = spd_inv_logdet(XtViX)
+    odd = np.flatnonzero(~np.isfinite(logdetX))
+    if odd.size:  # not positive definite: the numpy path's eigen route there
+        H[odd], logdetX[odd] = spd_inv_logdet(XtViX[odd])
     beta = np.einsum("vpr,vr->vp", H, XtViY)
     S = YtViY - np.einsum("vp,vp->v", beta, XtViY)
     p = pr.XtX.shape[-1]
