@@ -108,30 +108,22 @@ def jax_kernels(n_levels: int, k: int):
         jax.vmap(_voxel_curvature, in_axes=(None, None, 0, 0, None, 0, 0))
     )
 
-    def run_profile(A, ZtX, ZtY, Lam, w, XtX, XtY, YtY):
+    def per_level(A, ZtX, ZtY, Lam, w):
+        """Return the kernels' shared arguments with the level axis JAX takes."""
         v, p = ZtY.shape[0], ZtX.shape[-1]
-        return profile_j(
+        return (
             A[0],
             ZtX[0].reshape(n_levels, k, p),
             ZtY.reshape(v, n_levels, k),
             Lam,
             w[0],
-            XtX[0],
-            XtY,
-            YtY,
         )
 
+    def run_profile(A, ZtX, ZtY, Lam, w, XtX, XtY, YtY):
+        return profile_j(*per_level(A, ZtX, ZtY, Lam, w), XtX[0], XtY, YtY)
+
     def run_curvature(A, ZtX, ZtY, Lam, w, H, beta):
-        v, p = ZtY.shape[0], ZtX.shape[-1]
-        return curvature_j(
-            A[0],
-            ZtX[0].reshape(n_levels, k, p),
-            ZtY.reshape(v, n_levels, k),
-            Lam,
-            w[0],
-            H,
-            beta,
-        )
+        return curvature_j(*per_level(A, ZtX, ZtY, Lam, w), H, beta)
 
     return run_profile, run_curvature
 

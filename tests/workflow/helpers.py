@@ -12,9 +12,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 
 
-def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml"):
-    """Run snakemake on the repository's Snakefile in `workdir`; return the result."""
-    cmd = [
+def snakemake_command(
+    workdir: Path, *args: str, configfile: str = "config.yaml"
+) -> list[str]:
+    """Return the snakemake command a user types for the study in `workdir`."""
+    return [
         "snakemake",
         "--snakefile",
         str(REPO / "Snakefile"),
@@ -26,6 +28,11 @@ def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml"):
         "2",
         *args,
     ]
+
+
+def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml"):
+    """Run snakemake on the repository's Snakefile in `workdir`; return the result."""
+    cmd = snakemake_command(workdir, *args, configfile=configfile)
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 

@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-from helpers import REPO
+from helpers import snakemake_command
 from tiny_study import make_tiny_study
 
 from blmm_scripts.runlock import LOCK_NAME, read_holder
@@ -33,26 +33,13 @@ pytestmark = pytest.mark.slow
 STUDY = {"MAXMEM": "3 * 8 * 960 * 4", "maxnvb": 4}
 
 
-def command(workdir: Path, *args: str, configfile: str = "config.yaml") -> list[str]:
-    """Return the snakemake command a user types for the study in `workdir`."""
-    return [
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(Path(workdir) / configfile),
-        "--cores",
-        "2",
-        *args,
-    ]
-
-
 def run(workdir: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
     """Run snakemake to the end; return the result."""
     return subprocess.run(
-        command(workdir, *args, **kwargs), capture_output=True, text=True, check=False
+        snakemake_command(workdir, *args, **kwargs),
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -60,7 +47,7 @@ def start(workdir: Path, *args: str) -> subprocess.Popen:
     """Start snakemake in a process group of its own (output in workdir/run.log)."""
     log = (Path(workdir) / "run.log").open("a")
     return subprocess.Popen(
-        command(workdir, *args),
+        snakemake_command(workdir, *args),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
