@@ -30,6 +30,7 @@ include: "rules/estimate.smk"
 include: "rules/inference.smk"
 include: "rules/maps.smk"
 include: "rules/fdr.smk"
+include: "rules/parcels.smk"
 include: "rules/report.smk"
 include: "rules/compare.smk"
 
@@ -41,7 +42,7 @@ onstart:
 
 onsuccess:
     unlock_outdir()
-    print(f"BLMM finished: maps in {OUTDIR}/ (blmm_vox_*{SETTINGS.map_suffix})")
+    print(f"BLMM finished: maps in {OUTDIR}/ (blmm_vox_*{MAP_SUFFIX})")
 
 
 onerror:
@@ -56,4 +57,5 @@ rule all:
     input:
         final_outputs(),
         FDR_FILES,
+        PARCEL_FILES,
         REPORT_FILES,

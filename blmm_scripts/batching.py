@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from blmm_scripts import io
+from blmm_scripts import io, table_io
 from blmm_scripts.masks import masked_out, missing
 from blmm_scripts.structure import Factor, build_Z
 
@@ -86,6 +86,36 @@ def read_batch_data(
         "read %d images (%s data masks) at %d voxels: %d of %d values missing",
         len(images),
         "with" if data_masks is not None else "no",
+        Y.shape[1],
+        int(is_missing.sum()),
+        is_missing.size,
+    )
+    return Y, is_missing
+
+
+def read_table_batch(
+    values: Path,
+    rows: Sequence[int],
+    parcels: NDArray[np.intp],
+    thresh: float | None,
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Return the data (0 where missing) and missingness of a table's rows.
+
+    Parameters
+    ----------
+    values : Path
+        The table's values (``.npy``, rows x parcels, NaN missing).
+    rows : sequence of int
+        The batch's images' rows in the table.
+    parcels : ndarray of shape (n_parcels,)
+    thresh : float or None
+    """
+    Y = table_io.read_rows(values, rows, parcels)
+    is_missing = missing(Y, None, thresh, zero_is_missing=False)
+    Y[is_missing] = 0.0
+    logger.info(
+        "read %d table rows at %d parcels: %d of %d values missing",
+        len(rows),
         Y.shape[1],
         int(is_missing.sum()),
         is_missing.size,

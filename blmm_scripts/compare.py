@@ -428,14 +428,29 @@ DATA_KEYS = ("data_mask_files", "data_mask_thresh")
 VOXEL_KEYS = ("Missingness", "analysis_mask", "safeMode")
 
 
+#: Suffixes of output maps, the ones tried first first (``.nii`` last).
+MAP_SUFFIXES = (".nii.gz", ".func.gii", ".dscalar.nii", ".tsv", ".nii")
+
+
+def map_suffix_of(outdir: str) -> str:
+    """Return the suffix of a finished analysis' maps: the one its llh map has.
+
+    ``.nii`` when none exists yet (Snakemake then names the missing file).
+    """
+    root = Path(outdir)
+    return next(
+        (s for s in MAP_SUFFIXES if (root / f"blmm_vox_llh{s}").exists()), ".nii"
+    )
+
+
 def analysis_files(outdir: str) -> dict[str, str]:
     """Return the files of a finished analysis that a comparison reads.
 
     ``inputs.yml`` and ``blmm_vox_{llh,mask}`` with the suffix the analysis used
-    (``.nii.gz`` when that file exists, else ``.nii``).
+    (:func:`map_suffix_of`).
     """
     root = Path(outdir)
-    suffix = ".nii.gz" if (root / "blmm_vox_llh.nii.gz").exists() else ".nii"
+    suffix = map_suffix_of(outdir)
     return {
         "inputs": str(root / "inputs.yml"),
         "llh": str(root / f"blmm_vox_llh{suffix}"),
@@ -459,8 +474,13 @@ def model_of(resolved: dict, inputs: Inputs, label: str) -> Model:
     data = {key: resolved.get(key) for key in DATA_KEYS}
     if inputs.data_masks is not None:  # the masks themselves, not the list file
         data["data_mask_files"] = tuple(str(p) for p in inputs.data_masks)
+    images = (
+        tuple(str(p) for p in inputs.images)
+        if inputs.table is None
+        else tuple(f"{inputs.table.path} row {r + 1}" for r in inputs.table.rows)
+    )
     return Model(
-        tuple(str(p) for p in inputs.images),
+        images,
         data,
         inputs.X,
         tuple(inputs.factors),

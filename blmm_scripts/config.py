@@ -239,26 +239,32 @@ class Settings:
     compare_out: Path | None = None
     simulate: Simulation | None = None
     data: Path | None = None
-    images: str = "image"
+    images: str | None = "image"
     masks: str | None = None
     model: ModelFormula | None = None
-
-    @property
-    def map_suffix(self) -> str:
-        """File suffix of the output maps."""
-        return ".nii.gz" if self.output_compression else ".nii"
+    Y_table: Path | None = None
+    surface_mesh: tuple[Path, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Return the resolved config in BLMM's key layout (for ``inputs.yml``)."""
         out: dict[str, Any]
         if self.data is not None:
-            out = {"data": str(self.data), "images": self.images}
+            out = {"data": str(self.data)}
+            out |= (
+                {"Y_table": str(self.Y_table)}
+                if self.Y_table
+                else {"images": self.images}
+            )
             if self.masks is not None:
                 out["masks"] = self.masks
             out["model"] = self.model.text if self.model else None
         else:
             out = {
-                "Y_files": str(self.Y_files),
+                **(
+                    {"Y_table": str(self.Y_table)}
+                    if self.Y_table
+                    else {"Y_files": str(self.Y_files)}
+                ),
                 "X": str(self.X),
                 "Z": [
                     {
@@ -313,6 +319,8 @@ class Settings:
             keep_intermediates=self.keep_intermediates,
             output_compression=self.output_compression,
         )
+        if self.surface_mesh:
+            out["surface_mesh"] = [str(p) for p in self.surface_mesh]
         return out
 
 
@@ -389,10 +397,29 @@ def _parse_settings(
         return config.get(key) not in (None, "", [])
 
     formula = given("data")
-    required = ("data", "model") if formula else ("Y_files", "X", "Z")
+    table = given("Y_table")
+    required = ("data", "model") if formula else ("X", "Z")
     for key in (*required, "outdir", "contrasts"):
         if not given(key):
             problems.append(f"{key}: required key is missing or empty")
+    if not formula and not table and not given("Y_files"):
+        problems.append(
+            "Y_files: required key is missing or empty (or give Y_table, a table of "
+            "parcel values)"
+        )
+    if table:
+        for key, what in (
+            ("Y_files", "a list of images"),
+            ("masks", "a column of data masks"),
+            ("data_mask_files", "data masks"),
+            ("analysis_mask", "an analysis mask"),
+        ):
+            if given(key):
+                problems.append(
+                    f"Y_table and {key}: give one or the other ({key} is {what}; in "
+                    "Y_table a missing value is an empty or n/a cell, and a parcel "
+                    "left out of the analysis is a column left out of the table)"
+                )
     if formula:
         for key in BLMM_DESIGN_KEYS:
             if given(key):
@@ -549,7 +576,7 @@ def _parse_settings(
             tuple(int(s) for s in sim["shape"]),
         )
 
-    if not all(given(k) for k in ("data" if formula else "Y_files", "outdir")):
+    if not given("outdir") or not (formula or table or given("Y_files")):
         return None
     if not formula and not given("X"):
         return None
@@ -559,8 +586,12 @@ def _parse_settings(
         value = config.get(key)
         return _resolve(value, workdir) if value else None
 
+    meshes = config.get("surface_mesh") or []
+    meshes = [meshes] if isinstance(meshes, str) else list(meshes)
     return Settings(
-        Y_files=None if formula else _resolve(config["Y_files"], workdir),
+        Y_files=None if formula or table else _resolve(config["Y_files"], workdir),
+        Y_table=opt_path("Y_table"),
+        surface_mesh=tuple(_resolve(str(m), workdir) for m in meshes),
         X=None if formula else _resolve(config["X"], workdir),
         factors=tuple(factors),
         outdir=_resolve(config["outdir"], workdir),
@@ -585,7 +616,7 @@ def _parse_settings(
         maxnit=maxnit,
         reml=estimation.upper() == "REML",
         data=opt_path("data"),
-        images=str(config.get("images") or defaults["images"]),
+        images=None if table else str(config.get("images") or defaults["images"]),
         masks=str(config["masks"]) if given("masks") else None,
         model=model,
         **flags,
@@ -606,7 +637,8 @@ class Inputs:
     images : tuple of Path, length n_images
     data_masks : tuple of Path (length n_images) or None
     shape : tuple of int
-        Spatial shape of the first image.
+        Spatial shape of the first image; (vertices,), (grayordinates,) or
+        (parcels,) for surface data and tables.
     affine : ndarray of shape (4, 4)
     X : ndarray of shape (n_images, p)
     factors : tuple of Factor
@@ -617,6 +649,11 @@ class Inputs:
     formula : FormulaDesign or None
         What the formula built (names, levels, kept and dropped rows), for a
         formula analysis (key ``data``).
+    kind : str
+        The images' kind (:data:`blmm_scripts.io.KINDS`): "nifti", "gifti",
+        "cifti", or "table" for a Y_table (``images`` is then empty).
+    table : TableInput or None
+        The Y_table and each image's row in it.
     """
 
     images: tuple[Path, ...]
@@ -628,11 +665,13 @@ class Inputs:
     n_voxels: int
     contrasts: tuple[Contrast, ...] = ()
     formula: FormulaDesign | None = None
+    kind: str = "nifti"
+    table: TableInput | None = None
 
     @property
     def n_images(self) -> int:
         """Number of images (rows of X)."""
-        return len(self.images)
+        return len(self.images) if self.table is None else len(self.table.rows)
 
     @property
     def p(self) -> int:
@@ -645,24 +684,139 @@ class Inputs:
         return RandomEffects.of(list(self.factors))
 
 
-def _check_image(
-    path: Path, label: str, shape: tuple, affine: NDArray, problems: list[str]
-) -> None:
+@dataclass(frozen=True)
+class TableInput:
+    """The values of a table study (key ``Y_table``).
+
+    Parameters
+    ----------
+    path : Path
+    id_column : str
+        Its first column: one id per row.
+    parcels : tuple of str
+        Its other columns, in order: the grid.
+    rows : tuple of int, length n_images
+        The table's row of each image (row i of X).
+    """
+
+    path: Path
+    id_column: str
+    parcels: tuple[str, ...]
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """What every image must share with the first: kind, shape, affine, models."""
+
+    kind: str
+    shape: tuple[int, ...]
+    affine: NDArray[np.float64]
+    models: tuple | None
+
+
+_KIND_NAMES = {"nifti": "NIfTI", "gifti": "GIFTI", "cifti": "CIFTI-2", "table": "TSV"}
+
+
+def _check_image(path: Path, label: str, grid: _Grid, problems: list[str]) -> None:
     """Record a problem if an image is missing or off the first image's grid."""
     if not path.is_file():
         problems.append(f"{label}: file {path} does not exist")
         return
+    kind = io.kind_of(path)
+    if kind != grid.kind:
+        problems.append(
+            f"{label}: {path} is a {_KIND_NAMES[kind]} file, the first image is "
+            f"{_KIND_NAMES[grid.kind]} (give every image and mask of one kind)"
+        )
+        return
     try:
         s, a = io.image_grid(path)
+        models = io.brain_models(path)
     except Exception as err:
         problems.append(f"{label}: {path} cannot be read as an image ({err})")
         return
-    if s != shape:
+    what = {"gifti": "vertices", "cifti": "grayordinates"}.get(kind)
+    if s != grid.shape:
         problems.append(
-            f"{label}: {path} has shape {s}, the first image has shape {shape}"
+            f"{label}: {path} has {s[0]} {what}, the first image has {grid.shape[0]}"
+            if what
+            else f"{label}: {path} has shape {s}, the first image has shape "
+            f"{grid.shape}"
         )
-    elif not np.allclose(a, affine, rtol=1e-5, atol=1e-4):
+    elif not np.allclose(a, grid.affine, rtol=1e-5, atol=1e-4):
         problems.append(f"{label}: {path} has a different affine than the first image")
+    elif models != grid.models:
+        problems.append(
+            f"{label}: {path} has other CIFTI brain models than the first image "
+            "(structures, vertices or voxels differ)"
+        )
+
+
+def _check_table(
+    settings: Settings,
+    formula: FormulaDesign | None,
+    problems: list[str],
+    check_values: bool,
+) -> TableInput | None:
+    """Check a Y_table (every cell, when check_values) and match its rows to X's."""
+    from blmm_scripts import table_io
+
+    path = settings.Y_table
+    if not path.is_file():
+        problems.append(f"Y_table: file {path} does not exist")
+        return None
+    if path.suffix.lower() not in table_io.TABLE_SUFFIXES:
+        problems.append(
+            f"Y_table: {path} is not a table (.tsv, .csv, .txt or .parquet); images "
+            "are listed in Y_files"
+        )
+        return None
+    try:
+        header = table_io.read_header(path)
+        ids = (
+            table_io.scan(path, settings.MAXMEM)
+            if check_values
+            else table_io.read_ids(path)
+        )
+    except (ValueError, OSError) as err:
+        problems.append(f"Y_table: {path} {err}")
+        return None
+    except Exception as err:  # a reader's own error (pyarrow on a bad Parquet file)
+        problems.append(f"Y_table: {path} cannot be read as a table ({err})")
+        return None
+    if formula is None:
+        rows = tuple(range(len(ids)))
+        return TableInput(path, header.id_column, header.parcels, rows)
+    try:
+        table_io.check_ids(list(formula.rows))
+    except ValueError as err:
+        problems.append(
+            f"data {settings.data}: {err}; Y_table's rows are matched to data's "
+            "rows on data's first column, which must name each image once"
+        )
+        return None
+    where = {v: i for i, v in enumerate(ids)}
+    absent = [r for r in formula.rows if r not in where]
+    if absent:
+        problems.append(
+            f"Y_table: {path} has no row for {len(absent)} of the "
+            f"{len(formula.rows)} images of data (its first column "
+            f"{header.id_column!r} is matched to data's first column): "
+            f"{', '.join(absent[:10])}" + (" ..." if len(absent) > 10 else "")
+        )
+        return None
+    extra = len(ids) - len(formula.rows)
+    if extra and check_values:
+        logger.info(
+            "Y_table %s: %d of its %d rows are not images of the model (not in data, "
+            "or dropped for a missing value)",
+            path,
+            extra,
+            len(ids),
+        )
+    rows = tuple(where[r] for r in formula.rows)
+    return TableInput(path, header.id_column, header.parcels, rows)
 
 
 def check_inputs(settings: Settings, check_images: bool = True) -> Inputs:
@@ -710,13 +864,19 @@ def _check_inputs(
         formula = _formula_design(settings, problems)
         if formula is not None:
             images = list(formula.images)
+    elif settings.Y_table is not None:
+        pass
     elif settings.Y_files.is_file():
         images = [Path(p) for p in io.read_path_list(settings.Y_files)]
         if not images:
             problems.append(f"Y_files: {settings.Y_files} lists no images")
     else:
         problems.append(f"Y_files: file {settings.Y_files} does not exist")
-    n = len(images)
+    values = None
+    if settings.Y_table is not None and (formula is not None or settings.data is None):
+        values = _check_table(settings, formula, problems, check_images)
+    n = len(images) if values is None else len(values.rows)
+    listed = f"Y_table has {n} rows" if values else f"Y_files lists {n} images"
 
     def image_label(i: int, kind: str = "image") -> str:
         """Return how messages name image (or a table's mask) i, counted from 1."""
@@ -724,62 +884,80 @@ def _check_inputs(
             return f"Y_files image {i}"
         return f"data {kind} {i} (row {formula.rows[i - 1]})"
 
-    shape, affine = (), np.eye(4)
+    shape, affine, models = (), np.eye(4), None
+    kind = "table" if settings.Y_table else "nifti"
+    if values is not None:
+        shape = (len(values.parcels),)
     if images:
         first = images[0]
+        kind = io.kind_of(first)
         if first.is_file():
             try:
                 shape, affine = io.image_grid(first)
+                models = io.brain_models(first)
             except Exception as err:
                 problems.append(f"Y_files: first image {first} cannot be read ({err})")
         else:
             problems.append(f"Y_files: first image {first} does not exist")
         if formula is not None and problems and problems[-1].startswith("Y_files:"):
             problems[-1] = problems[-1].replace("Y_files: first", image_label(1) + ":")
-    if shape and check_images:
+        if kind == "table":
+            problems.append(
+                f"{image_label(1)}: {first} is a table; a table of parcel values is "
+                "given as Y_table (one row per image), not as an image"
+            )
+            shape = ()
+    if shape and images:
+        grid = _Grid(kind, shape, affine, models)
+    if shape and images and check_images:
         for i, path in enumerate(images[1:], start=2):
-            _check_image(path, image_label(i), shape, affine, problems)
+            _check_image(path, image_label(i), grid, problems)
 
     masks = None
     if formula is not None and formula.masks is not None:
         masks = list(formula.masks)
         if shape and check_images:
             for i, path in enumerate(masks, start=1):
-                _check_image(path, image_label(i, "mask"), shape, affine, problems)
+                _check_image(path, image_label(i, "mask"), grid, problems)
     elif settings.data_mask_files is not None:
         if settings.data_mask_files.is_file():
             masks = [Path(p) for p in io.read_path_list(settings.data_mask_files)]
             if len(masks) != n:
                 problems.append(
                     f"data_mask_files: {settings.data_mask_files} lists {len(masks)} "
-                    f"masks but Y_files lists {n} images (one mask per image)"
+                    f"masks but {listed} (one mask per image)"
                 )
             elif shape and check_images:
                 for i, path in enumerate(masks, start=1):
-                    _check_image(
-                        path, f"data_mask_files mask {i}", shape, affine, problems
-                    )
+                    _check_image(path, f"data_mask_files mask {i}", grid, problems)
         else:
             problems.append(
                 f"data_mask_files: file {settings.data_mask_files} does not exist"
             )
 
     n_voxels = int(np.prod(shape)) if shape else 0
-    if settings.analysis_mask is not None and shape:
-        _check_image(settings.analysis_mask, "analysis_mask", shape, affine, problems)
+    if settings.analysis_mask is not None and shape and images:
+        _check_image(settings.analysis_mask, "analysis_mask", grid, problems)
         if settings.analysis_mask.is_file() and not problems:
             n_voxels = int(analysis_voxels(io.load_volume(settings.analysis_mask)).size)
             if n_voxels == 0:
                 problems.append(f"analysis_mask: {settings.analysis_mask} is all zero")
+    for mesh in settings.surface_mesh:
+        if kind not in ("gifti", "cifti"):
+            problems.append(
+                f"surface_mesh: {mesh} is given, but the images are "
+                f"{_KIND_NAMES[kind]}, not surface data (GIFTI or CIFTI)"
+            )
+            break
+        if not mesh.is_file():
+            problems.append(f"surface_mesh: file {mesh} does not exist")
 
     X = formula.X if formula else None if settings.data else table(settings.X, "X")
     p = X.shape[1] if formula else None
     if X is not None and not formula:
         p = X.shape[1]
         if n and X.shape[0] != n:
-            problems.append(
-                f"X: {settings.X} has {X.shape[0]} rows but Y_files lists {n} images"
-            )
+            problems.append(f"X: {settings.X} has {X.shape[0]} rows but {listed}")
         if np.isnan(X).any():
             problems.append(f"X: {settings.X} contains NaN")
         elif np.linalg.matrix_rank(X) < p:
@@ -801,8 +979,7 @@ def _check_inputs(
                 ok = False
             elif n and arr.shape[0] != n:
                 problems.append(
-                    f"Z f{k} {part}: {path} has {arr.shape[0]} rows but Y_files "
-                    f"lists {n} images"
+                    f"Z f{k} {part}: {path} has {arr.shape[0]} rows but {listed}"
                 )
                 ok = False
             elif np.isnan(arr).any():
@@ -853,6 +1030,8 @@ def _check_inputs(
         data_masks=tuple(masks) if masks is not None else None,
         shape=shape,
         affine=affine,
+        kind=kind,
+        table=values,
         X=X,
         factors=tuple(factors),
         n_voxels=n_voxels,

@@ -100,7 +100,7 @@ def read_design(
     factor_files: Sequence[tuple[Path, Path]],
     names: Sequence[str],
     analysis_mask: Path | None,
-    first_image: Path,
+    first_image: Path | tuple[int, ...],
 ) -> Design:
     """Read X, the random factors and the analysis-mask voxels from their files."""
     X = io.read_numeric_table(X_path)
@@ -117,7 +117,7 @@ def read_formula_design(
     images: str,
     masks: str | None,
     analysis_mask: Path | None,
-    first_image: Path,
+    first_image: Path | tuple[int, ...],
 ) -> Design:
     """Build X and the random factors from a participants table and a formula.
 
@@ -149,10 +149,17 @@ def _with_voxels(
     X: NDArray[np.float64],
     factors: tuple[Factor, ...],
     analysis_mask: Path | None,
-    first_image: Path,
+    first_image: Path | tuple[int, ...],
 ) -> Design:
-    """Return the design with the analysis-mask voxels of the first image's grid."""
-    shape, _ = io.image_grid(first_image)
+    """Return the design with the analysis-mask voxels of the first image's grid.
+
+    ``first_image`` may be the grid itself (a table study's parcels: ``(n,)``).
+    """
+    shape = (
+        tuple(first_image)
+        if isinstance(first_image, tuple | list)
+        else io.image_grid(first_image)[0]
+    )
     mask = io.load_volume(analysis_mask) if analysis_mask else None
     design = Design(X, factors, analysis_voxels(mask, shape), shape)
     logger.info("design: %s", design.summary())

@@ -248,7 +248,8 @@ class FormulaDesign:
     levels : tuple of tuple of str
         The level labels of each factor, in code order (sorted labels).
     images, masks : tuple of Path
-        Absolute paths, one per kept row (masks None without a ``masks`` column).
+        Absolute paths, one per kept row (masks None without a ``masks`` column;
+        images empty for values from a table, key ``Y_table``).
     rows : tuple of str
         The first column of the kept rows.
     dropped : tuple of str
@@ -268,7 +269,7 @@ class FormulaDesign:
     def describe(self) -> dict[str, Any]:
         """Return the resolved design for the setup log and ``inputs.yml``."""
         return {
-            "images": len(self.images),
+            "images": len(self.rows),
             "coefficients": list(self.coefficients),
             "factors": [
                 {
@@ -420,7 +421,7 @@ def _mixed_columns(table: pd.DataFrame, columns: set[str]) -> dict[str, list[str
 def build_design(
     table: pd.DataFrame,
     model: ModelFormula,
-    images: str,
+    images: str | None,
     masks: str | None,
     folder: Path,
     problems: list[str],
@@ -434,8 +435,9 @@ def build_design(
         One row per image, as read by :func:`blmm_scripts.io.read_table` (missing
         cells NaN, all-number columns numeric).
     model : ModelFormula
-    images, masks : str
-        Columns of image and data-mask paths (masks optional).
+    images, masks : str or None
+        Columns of image and data-mask paths (masks optional; images None when the
+        values come from a table, key ``Y_table``).
     folder : Path
         Relative image and mask paths are resolved against it (the table's folder).
     problems : list of str
@@ -493,7 +495,8 @@ def build_design(
     if len(problems) > n_before:
         return None
 
-    used = sorted(variables | groups | {images} | ({masks} if masks else set()))
+    paths_used = {c for c in (images, masks) if c}
+    used = sorted(variables | groups | paths_used)
     ids = table.iloc[:, 0].astype(str)
     missing = table[used].isna().any(axis=1).to_numpy()
     dropped = tuple(ids[missing])
@@ -557,7 +560,7 @@ def build_design(
         factors=tuple(factors),
         effects=tuple(effects),
         levels=tuple(levels),
-        images=paths(images),
+        images=paths(images) if images else (),
         masks=paths(masks) if masks else None,
         rows=tuple(kept.iloc[:, 0].astype(str)),
         dropped=dropped,

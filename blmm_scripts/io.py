@@ -1,10 +1,15 @@
-"""File formats: path lists, numeric CSV tables, NIfTI images, arrays and YAML.
+"""File formats: path lists, numeric CSV tables, images, arrays and YAML.
 
-Nothing else in the package touches disk.  Every file is written atomically
-(:func:`atomic_path`: a temporary file in the same folder, flushed to disk, then
-renamed), so a killed job or a full disk never leaves a half-written file under an
-output's name.  Images that cannot be read raise :class:`ImageReadError` naming the
-file.
+Images are NIfTI volumes, GIFTI surface data or CIFTI-2 dense scalars
+(:mod:`blmm_scripts.surface_io`), chosen by file name (:func:`kind_of`); a study of
+parcel values reads a table (:mod:`blmm_scripts.table_io`) and writes parcel maps.
+A map is written in the kind of its reference: the study's first input.
+
+Nothing else in the package touches disk (but those two modules).  Every file is
+written atomically (:func:`atomic_path`: a temporary file in the same folder,
+flushed to disk, then renamed), so a killed job or a full disk never leaves a
+half-written file under an output's name.  Images that cannot be read raise
+:class:`ImageReadError` naming the file.
 """
 
 from __future__ import annotations
@@ -195,16 +200,72 @@ def read_table(path: Path) -> pd.DataFrame:
     return df
 
 
+#: The kinds of images, each with its output maps' suffix.
+KINDS = ("nifti", "gifti", "cifti", "table")
+
+
+def kind_of(path: Path) -> str:
+    """Return the kind of an image or map by its name.
+
+    ``.gii``: GIFTI; ``.dscalar.nii`` (and the other CIFTI-2 suffixes, refused
+    when read): CIFTI; ``.tsv``: a parcel map; anything else: a NIfTI volume (or
+    another volume format nibabel reads).
+    """
+    from blmm_scripts.surface_io import OTHER_CIFTI
+
+    name = Path(path).name.lower()
+    if name.endswith(".gii"):
+        return "gifti"
+    if name.endswith((".dscalar.nii", *OTHER_CIFTI)):
+        return "cifti"
+    if name.endswith(".tsv"):
+        return "table"
+    return "nifti"
+
+
+def map_suffix(kind: str, compressed: bool = False) -> str:
+    """Return the suffix of the output maps of a study of images of a kind."""
+    return {
+        "gifti": ".func.gii",
+        "cifti": ".dscalar.nii",
+        "table": ".tsv",
+        "nifti": ".nii.gz" if compressed else ".nii",
+    }[kind]
+
+
+def map_name(path: Path) -> str:
+    """Return a map's name from its file name (``blmm_vox_beta.nii`` is beta)."""
+    name = Path(path).name
+    for suffix in (".func.gii", ".dscalar.nii", ".nii.gz", ".nii", ".tsv", ".gii"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    for prefix in ("blmm_vox_", "blmm_"):
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
 def image_grid(path: Path) -> tuple[tuple[int, ...], NDArray[np.float64]]:
     """Return (spatial shape, affine) of an image from its header only.
 
-    A single-file NIfTI-1 image (``.nii``, ``.nii.gz``) is read as its 348 header
-    bytes, parsed once per distinct header (a study's images usually share one),
-    so that checking tens of thousands of images takes seconds, not minutes.
-    Other formats go through ``nibabel.load``.
+    GIFTI, CIFTI and parcel maps have a grid of one axis (vertices, grayordinates
+    or parcels) and the identity as affine.  A single-file NIfTI-1 image (``.nii``,
+    ``.nii.gz``) is read as its 348 header bytes, parsed once per distinct header
+    (a study's images usually share one), so that checking tens of thousands of
+    images takes seconds, not minutes.  Other formats go through ``nibabel.load``.
     """
     import nibabel as nib
 
+    kind = kind_of(path)
+    if kind in ("gifti", "cifti"):
+        from blmm_scripts import surface_io
+
+        return surface_io.grid(path, kind), np.eye(4)
+    if kind == "table":
+        from blmm_scripts import table_io
+
+        return (len(table_io.parcel_names(path)),), np.eye(4)
     block = _nifti1_header(Path(path))
     if block is not None:
         shape, affine, layout = _parse_nifti1(block)
@@ -283,9 +344,31 @@ def _parse_nifti1(block: bytes) -> tuple[tuple[int, ...], NDArray[np.float64], t
     return _spatial(shape), affine, layout
 
 
+def brain_models(path: Path) -> tuple | None:
+    """Return a CIFTI file's brain models (comparable with ``==``); None otherwise."""
+    if kind_of(path) != "cifti":
+        return None
+    from blmm_scripts import surface_io
+
+    return surface_io.brain_models(path)
+
+
 def load_volume(path: Path) -> NDArray[np.float64]:
-    """Return the data of one image as float64, trailing singleton axes dropped."""
+    """Return the data of one image or map as float64, trailing singleton axes dropped.
+
+    A GIFTI, CIFTI or parcel map is (n,) for one volume and (n, volumes) else.
+    """
     import nibabel as nib
+
+    kind = kind_of(path)
+    if kind in ("gifti", "cifti"):
+        from blmm_scripts import surface_io
+
+        return surface_io.load_map(path, kind)
+    if kind == "table":
+        from blmm_scripts import table_io
+
+        return table_io.load_map(path)
 
     data = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float64))
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -368,6 +451,12 @@ def _voxel_values(
     import nibabel as nib
 
     path = Path(path)
+    kind = kind_of(path)
+    if kind in ("gifti", "cifti"):
+        from blmm_scripts import surface_io
+
+        values = surface_io.values(path, kind)
+        return values if voxels is None else values[voxels]
     block = _nifti1_header(path) if not path.name.endswith(".gz") else None
     if block is not None:
         try:
@@ -406,22 +495,46 @@ def _voxel_values(
     return values
 
 
-def save_map(path: Path, volumes: NDArray, reference: Path) -> None:
-    """Write a map as NIfTI with the reference image's affine and spatial header.
+def save_map(
+    path: Path,
+    volumes: NDArray,
+    reference: Path,
+    names: Sequence[str] | None = None,
+) -> None:
+    """Write a map in the kind of its reference: NIfTI, GIFTI, CIFTI or a parcel map.
 
     Parameters
     ----------
     path : Path
-        Ends in ``.nii`` or ``.nii.gz``.
+        Ends in the kind's suffix (:func:`map_suffix`).
     volumes : ndarray of shape (*grid) or (*grid, n_volumes)
-    reference : Path
-        The first input image; its affine, qform/sform codes, zooms and units are
-        copied; data type, scaling and intent are not.
         Its dtype is kept: float32 for statistics, int32 for counts and masks.
+    reference : Path
+        The first input image (or, for a table study, a parcel map: the parcel
+        column).  NIfTI: its affine, qform/sform codes, zooms and units are copied;
+        data type, scaling and intent are not.  GIFTI: its file metadata.  CIFTI:
+        its brain models.
+    names : sequence of str, optional
+        The volumes' names (GIFTI ``Name``, CIFTI map names, parcel-map columns);
+        by default ``<map>`` for one volume, ``<map>_1``, ``<map>_2``... else.
     """
     import nibabel as nib
 
     path = Path(path)
+    kind = kind_of(reference)
+    if kind != "nifti":
+        from blmm_scripts import surface_io, table_io
+
+        n_volumes = 1 if np.ndim(volumes) == 1 else int(np.shape(volumes)[1])
+        names = list(names or table_io.volume_columns(map_name(path), n_volumes))
+        if len(names) != n_volumes:
+            raise ValueError(f"{len(names)} names for {n_volumes} volumes of {path}")
+        with atomic_path(path) as tmp:
+            if kind == "table":
+                table_io.save_map(tmp, volumes, reference, names)
+            else:
+                surface_io.save_map(tmp, volumes, reference, kind, names)
+        return
     ref = nib.load(str(reference))
     data = np.ascontiguousarray(volumes)
     dtype = data.dtype

@@ -37,6 +37,32 @@ def map_names(n_t: int, n_f: int, output_cov: bool, resms: bool) -> list[str]:
     return names
 
 
+def volume_labels(
+    names: Sequence[str],
+    t_names: Sequence[str],
+    f_names: Sequence[str],
+    beta: Sequence[str] | None = None,
+    D: Sequence[str] | None = None,
+) -> dict[str, list[str]]:
+    """Return the names of the volumes of the maps that hold several, by map.
+
+    GIFTI and CIFTI maps carry them (data array ``Name``, CIFTI map names): the
+    coefficients and D's entries when a formula names them, the contrasts' names
+    for contrast maps; ``<map>_<k>`` where nothing names a volume.
+    """
+    out: dict[str, list[str]] = {}
+    for name in names:
+        if name in T_STATISTICS:
+            out[name] = list(t_names)
+        elif name in F_STATISTICS:
+            out[name] = list(f_names)
+        elif name == "beta" and beta is not None:
+            out[name] = list(beta)
+        elif name == "D" and D is not None:
+            out[name] = list(D)
+    return out
+
+
 def voxel_maps(
     n: NDArray[np.int32],
     fitted: FitResult,

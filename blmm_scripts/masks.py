@@ -45,8 +45,12 @@ def missing(
     Y: NDArray[np.float64],
     data_mask: NDArray[np.float64] | None = None,
     thresh: float | None = None,
+    zero_is_missing: bool = True,
 ) -> NDArray[np.bool_]:
     """Return where images are missing.
+
+    In a table of parcel values (key ``Y_table``) 0 is a value: only empty cells
+    (NaN) and values below ``thresh`` are missing (``zero_is_missing=False``).
 
     Parameters
     ----------
@@ -60,7 +64,9 @@ def missing(
     ndarray of shape (n_images, n_voxels), dtype bool
         True where image i has no data at voxel v.
     """
-    out = ~np.isfinite(Y) | (Y == 0)
+    out = ~np.isfinite(Y)
+    if zero_is_missing:
+        out |= Y == 0
     if data_mask is not None:
         out |= masked_out(data_mask)
     if thresh is not None:

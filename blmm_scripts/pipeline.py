@@ -8,24 +8,31 @@ same maps.
 Stages (``rules/*.smk``), and the module that does each one's work::
 
     setup        X, factors, mask   -> the design           design.read_design
+    (table)      Y_table            -> its values as .npy   table_io.write_values
     batch b      images of batch b  -> X'Y, Z'Y, Y'Y, n     batching.batch_products
                                                             (grouped.batch_groups)
     concat j     batch parts        -> voxel batch j stats  batching.concat_batches
                                                             (grouped.concat_groups)
     estimate j   statistics         -> fit                  voxelwise.estimate_voxels
     inference j  statistics + fit   -> T/F, p-values, df    voxelwise.infer_voxels
-    maps         all j              -> NIfTI maps           maps.assemble_maps
+    maps         all j              -> maps                 maps.assemble_maps
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from numpy.typing import NDArray
 
-from blmm_scripts import grouped
-from blmm_scripts.batching import batch_products, concat_batches, read_batch_data
+from blmm_scripts import grouped, table_io
+from blmm_scripts.batching import (
+    batch_products,
+    concat_batches,
+    read_batch_data,
+    read_table_batch,
+)
 from blmm_scripts.config import Inputs, Settings, load
 from blmm_scripts.design import read_design, read_formula_design
 from blmm_scripts.maps import assemble_maps, map_names
@@ -58,6 +65,7 @@ def run_pipeline(
         The parsed config and checked inputs.
     """
     settings, inputs = load(config, workdir)
+    grid = inputs.images[0] if inputs.table is None else inputs.shape
     if settings.data is not None:
         design = read_formula_design(
             settings.data,
@@ -65,7 +73,7 @@ def run_pipeline(
             settings.images,
             settings.masks,
             settings.analysis_mask,
-            inputs.images[0],
+            grid,
         )
     else:
         design = read_design(
@@ -73,11 +81,19 @@ def run_pipeline(
             [(f.factor, f.design) for f in settings.factors],
             [f.name for f in settings.factors],
             settings.analysis_mask,
-            inputs.images[0],
+            grid,
         )
-    Y, is_missing = read_batch_data(
-        inputs.images, inputs.data_masks, design.voxels, settings.data_mask_thresh
-    )
+    if inputs.table is None:
+        Y, is_missing = read_batch_data(
+            inputs.images, inputs.data_masks, design.voxels, settings.data_mask_thresh
+        )
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            values = Path(tmp) / "values.npy"
+            table_io.write_values(inputs.table.path, values, settings.MAXMEM)
+            Y, is_missing = read_table_batch(
+                values, inputs.table.rows, design.voxels, settings.data_mask_thresh
+            )
     n_images, p = design.X.shape
     if grouped.chosen(settings.statistics, design.factors, p):
         factor = design.factors[0]

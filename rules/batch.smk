@@ -1,6 +1,7 @@
 """Batch: products of one chunk of images at every analysis-mask voxel.
 
-INPUT   the images (and data masks) of batch b, design.npz
+INPUT   the images (and data masks) of batch b, design.npz; a table study:
+        work/setup/values.npy (its batch's rows)
 OUTPUT  <outdir>/work/batch/<b>/{XtY,ZtY,ZtY_columns,YtY,n}.npy, missing.npz, or with
         grouped statistics <outdir>/work/batch/<b>/groups.npz (temporary)
 """
@@ -28,6 +29,7 @@ rule batch:
         mem_mb=job_mem,
     params:
         rows=image_range,
+        table_rows=batch_table_rows,
         grouped=GROUPED,
         thresh=SETTINGS.data_mask_thresh,
     script:

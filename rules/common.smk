@@ -16,6 +16,7 @@ from blmm_scripts import grouped as blmm_grouped
 from blmm_scripts import io as blmm_io
 from blmm_scripts import runlock
 from blmm_scripts.batching import BATCH_ARRAYS
+from blmm_scripts import maps as blmm_maps
 from blmm_scripts.maps import map_names
 from blmm_scripts.partition import job_mem_mb, make_plan
 from blmm_scripts.simulate import planned_inputs
@@ -87,6 +88,8 @@ def as_relative(path):
 
 
 OUTDIR = as_relative(SETTINGS.outdir)
+# Maps come out in the kind of the images: NIfTI, GIFTI, CIFTI or a parcel TSV.
+MAP_SUFFIX = blmm_io.map_suffix(INPUTS.kind, SETTINGS.output_compression)
 
 
 def work(name):
@@ -119,9 +122,29 @@ def image_range(wildcards):
 
 
 def batch_images(wildcards):
-    """Return the images of image batch b."""
+    """Return the images of image batch b (a table study: the table's values)."""
+    if INPUTS.table is not None:
+        return [work("setup/values.npy")]
     start, stop = image_range(wildcards)
     return [as_relative(INPUTS.images[i]) for i in IMAGE_ORDER[start:stop]]
+
+
+def batch_table_rows(wildcards):
+    """Return the table rows of image batch b (a table study), else None."""
+    if INPUTS.table is None:
+        return None
+    start, stop = image_range(wildcards)
+    return [INPUTS.table.rows[i] for i in IMAGE_ORDER[start:stop]]
+
+
+def grid_reference():
+    """Return the file the maps take their grid and header from.
+
+    The first image; for a table study, the parcel list the table rule writes.
+    """
+    if INPUTS.table is not None:
+        return work("setup/parcels.tsv")
+    return as_relative(INPUTS.images[0])
 
 
 def batch_masks(wildcards):
@@ -151,6 +174,8 @@ def design_inputs():
     """Return the files setup reads: the design (CSVs or the table) and the mask."""
     if SETTINGS.data is not None:
         files = {"data": as_relative(SETTINGS.data)}
+    elif SETTINGS.Y_table is not None:
+        files = {"X": as_relative(SETTINGS.X)}
     else:
         files = {"X": as_relative(SETTINGS.X)}
     for k, spec in enumerate(SETTINGS.factors, start=1):
@@ -196,7 +221,21 @@ def resolved_config():
 
 def map_files():
     """Return the output maps, in BLMM's names."""
-    return {name: f"{OUTDIR}/blmm_vox_{name}{SETTINGS.map_suffix}" for name in MAPS}
+    return {name: f"{OUTDIR}/blmm_vox_{name}{MAP_SUFFIX}" for name in MAPS}
+
+
+def volume_names():
+    """Return the names of the volumes of each map (GIFTI and CIFTI carry them)."""
+    if INPUTS.kind not in ("gifti", "cifti"):
+        return {}
+    formula = INPUTS.formula
+    return blmm_maps.volume_labels(
+        MAPS,
+        [c.name for c in SETTINGS.contrasts if not c.is_f],
+        [c.name for c in SETTINGS.contrasts if c.is_f],
+        formula.coefficients if formula else None,
+        formula.volumes()["D"] if formula else None,
+    )
 
 
 def final_outputs():

@@ -4,7 +4,8 @@
         compare_out=DIR
 
 INPUT   DIR0 and DIR1: inputs.yml, blmm_vox_llh, blmm_vox_mask of each analysis
-OUTPUT  DIR/blmm_vox_{mask,Chi2,Chi2lp}.nii, DIR/logs/compare.log
+OUTPUT  DIR/blmm_vox_{mask,Chi2,Chi2lp} (the analyses' kind: .nii, .func.gii, ...),
+        DIR/logs/compare.log
 
 The analysis config (the example's, or --configfile) is parsed as usual but not
 used.  Without compare_small and compare_large the rule's only input is a file that
@@ -26,6 +27,12 @@ COMPARE_INPUTS = (
     if SETTINGS.compare_small and SETTINGS.compare_large
     else {"missing": "(give --config compare_small=DIR compare_large=DIR)"}
 )
+# The maps come out in the kind of the analyses' maps (NIfTI, GIFTI, CIFTI, TSV).
+COMPARE_SUFFIX = (
+    blmm_compare.map_suffix_of(as_relative(SETTINGS.compare_small))
+    if SETTINGS.compare_small
+    else ".nii"
+)
 
 
 rule compare:
@@ -33,9 +40,9 @@ rule compare:
     input:
         **COMPARE_INPUTS,
     output:
-        mask=f"{COMPARE_OUT}/blmm_vox_mask.nii",
-        Chi2=f"{COMPARE_OUT}/blmm_vox_Chi2.nii",
-        Chi2lp=f"{COMPARE_OUT}/blmm_vox_Chi2lp.nii",
+        mask=f"{COMPARE_OUT}/blmm_vox_mask{COMPARE_SUFFIX}",
+        Chi2=f"{COMPARE_OUT}/blmm_vox_Chi2{COMPARE_SUFFIX}",
+        Chi2lp=f"{COMPARE_OUT}/blmm_vox_Chi2lp{COMPARE_SUFFIX}",
     log:
         f"{COMPARE_OUT}/logs/compare.log",
     benchmark:

@@ -6,7 +6,7 @@ OUTPUT  <outdir>/blmm_vox_con{T,F}lq: -log10 q, one volume per contrast, float32
 
 FDR_FILES = (
     [
-        f"{OUTDIR}/blmm_vox_con{stat}lq{SETTINGS.map_suffix}"
+        f"{OUTDIR}/blmm_vox_con{stat}lq{MAP_SUFFIX}"
         for stat, count in (("T", N_T), ("F", N_F))
         if count
     ]
@@ -18,10 +18,10 @@ FDR_FILES = (
 rule fdr:
     """-log10 q (BH over the mask voxels) of every T or F contrast."""
     input:
-        lp=f"{OUTDIR}/blmm_vox_con{{stat}}lp{SETTINGS.map_suffix}",
+        lp=f"{OUTDIR}/blmm_vox_con{{stat}}lp{MAP_SUFFIX}",
         mask=map_files()["mask"],
     output:
-        lq=f"{OUTDIR}/blmm_vox_con{{stat}}lq{SETTINGS.map_suffix}",
+        lq=f"{OUTDIR}/blmm_vox_con{{stat}}lq{MAP_SUFFIX}",
     log:
         work("logs/fdr/con{stat}.log"),
     benchmark:

@@ -1,7 +1,9 @@
-"""Maps: BLMM's NIfTI outputs and the resolved config.
+"""Maps: BLMM's outputs, in the images' kind, and the resolved config.
 
 INPUT   fit.npz and stats.npz of every voxel batch, design.npz, the first image
-OUTPUT  <outdir>/blmm_vox_<name>.nii[.gz], <outdir>/inputs.yml
+        (a table study: its parcel list)
+OUTPUT  <outdir>/blmm_vox_<name>{.nii[.gz],.func.gii,.dscalar.nii,.tsv},
+        <outdir>/inputs.yml; a table study also <outdir>/blmm_parcels.tsv
 """
 
 
@@ -11,7 +13,7 @@ rule maps:
         fit=all_voxel_batches("fit.npz"),
         stats=all_voxel_batches("stats.npz"),
         design=work("setup/design.npz"),
-        reference=as_relative(INPUTS.images[0]),
+        reference=grid_reference(),
         until_maps=temporary_until_maps(),
     output:
         **map_files(),
@@ -28,5 +30,6 @@ rule maps:
     params:
         maps=MAPS,
         resolved=resolved_config(),
+        volumes=volume_names(),
     script:
         "../blmm_scripts/workflow/maps.py"

@@ -1,6 +1,7 @@
 """Snakemake adapter for rule batch.
 
-The work: blmm_scripts.batching.read_batch_data, then .batch_products (per level)
+The work: blmm_scripts.batching.read_batch_data (or .read_table_batch for a table
+study), then .batch_products (per level)
 or blmm_scripts.grouped.batch_groups (grouped statistics).
 """
 
@@ -8,7 +9,12 @@ from typing import TYPE_CHECKING
 
 from blmm_scripts import grouped, io
 from blmm_scripts._logging import log_to_file
-from blmm_scripts.batching import BATCH_ARRAYS, batch_products, read_batch_data
+from blmm_scripts.batching import (
+    BATCH_ARRAYS,
+    batch_products,
+    read_batch_data,
+    read_table_batch,
+)
 from blmm_scripts.design import Design
 
 if TYPE_CHECKING:  # stub for linters and IDEs only
@@ -18,9 +24,14 @@ with log_to_file(snakemake.log[0]):
     par = snakemake.params
     design = Design.from_arrays(io.load_arrays(snakemake.input.design))
     masks = list(snakemake.input.masks) or None
-    Y, is_missing = read_batch_data(
-        list(snakemake.input.images), masks, design.voxels, par.thresh
-    )
+    if par.table_rows is not None:  # a table study: its values' rows
+        Y, is_missing = read_table_batch(
+            snakemake.input.images[0], par.table_rows, design.voxels, par.thresh
+        )
+    else:
+        Y, is_missing = read_batch_data(
+            list(snakemake.input.images), masks, design.voxels, par.thresh
+        )
     start, stop = par.rows
     if par.grouped:
         factor = design.factors[0]

@@ -49,7 +49,7 @@ with log_to_file(snakemake.log[0]):
         io.load_volume(inp.large_llh),
         reference,
     )
-    first = inputs["small"].images[0]
+    first = inp.small_mask  # the maps' kind, grid and header
     out = snakemake.output
     io.save_map(out.mask, result.mask.astype(np.int32), first)
     io.save_map(out.Chi2, result.Chi2.astype(np.float32), first)

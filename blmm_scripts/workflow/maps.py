@@ -21,6 +21,12 @@ with log_to_file(snakemake.log[0]):
         design,
         snakemake.params.maps,
     )
+    names = snakemake.params.volumes
     for name, volumes in maps.items():
-        io.save_map(getattr(snakemake.output, name), volumes, snakemake.input.reference)
+        io.save_map(
+            getattr(snakemake.output, name),
+            volumes,
+            snakemake.input.reference,
+            names.get(name),
+        )
     io.write_yaml(snakemake.output.inputs, snakemake.params.resolved)

@@ -22,7 +22,7 @@ with log_to_file(snakemake.log[0]):
             par.formula["images"],
             par.formula["masks"],
             inp.get("analysis_mask"),
-            inp.first_image,
+            inp.get("first_image") or tuple(par.grid),
         )
     else:
         design = read_design(
@@ -33,6 +33,6 @@ with log_to_file(snakemake.log[0]):
             ],
             par.names,
             inp.get("analysis_mask"),
-            inp.first_image,
+            inp.get("first_image") or tuple(par.grid),
         )
     io.save_arrays(snakemake.output.design, **design.to_arrays())

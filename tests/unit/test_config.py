@@ -101,7 +101,7 @@ def test_defaults_are_blmm_defaults(tiny_study):
         "pSFS",
     )
     assert s.output_cov_b and s.safe_mode and s.reml and not s.resms
-    assert not s.two_sided and s.keep_intermediates and s.map_suffix == ".nii"
+    assert not s.two_sided and s.keep_intermediates and not s.output_compression
     assert s.minlog == -323.3062153431158
 
 
