@@ -907,16 +907,15 @@ def _check_inputs(
                 "given as Y_table (one row per image), not as an image"
             )
             shape = ()
-    if shape and images:
-        grid = _Grid(kind, shape, affine, models)
-    if shape and images and check_images:
+    grid = _Grid(kind, shape, affine, models) if shape and images else None
+    if grid is not None and check_images:
         for i, path in enumerate(images[1:], start=2):
             _check_image(path, image_label(i), grid, problems)
 
     masks = None
     if formula is not None and formula.masks is not None:
         masks = list(formula.masks)
-        if shape and check_images:
+        if grid is not None and check_images:
             for i, path in enumerate(masks, start=1):
                 _check_image(path, image_label(i, "mask"), grid, problems)
     elif settings.data_mask_files is not None:
@@ -927,7 +926,7 @@ def _check_inputs(
                     f"data_mask_files: {settings.data_mask_files} lists {len(masks)} "
                     f"masks but {listed} (one mask per image)"
                 )
-            elif shape and check_images:
+            elif grid is not None and check_images:
                 for i, path in enumerate(masks, start=1):
                     _check_image(path, f"data_mask_files mask {i}", grid, problems)
         else:
@@ -936,7 +935,7 @@ def _check_inputs(
             )
 
     n_voxels = int(np.prod(shape)) if shape else 0
-    if settings.analysis_mask is not None and shape and images:
+    if settings.analysis_mask is not None and grid is not None:
         _check_image(settings.analysis_mask, "analysis_mask", grid, problems)
         if settings.analysis_mask.is_file() and not problems:
             n_voxels = int(analysis_voxels(io.load_volume(settings.analysis_mask)).size)

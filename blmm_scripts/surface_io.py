@@ -75,8 +75,8 @@ def nib_intent(array) -> str:
     return nib.nifti1.intent_codes.niistring[array.intent]
 
 
-def cifti_image(path: Path):
-    """Return a CIFTI-2 dense scalar image of one map (header read, data lazy).
+def cifti_image(path: Path, one_map: bool = True):
+    """Return a CIFTI-2 dense scalar image (of one map) (header read, data lazy).
 
     Raises
     ------
@@ -99,7 +99,7 @@ def cifti_image(path: Path):
         columns, nib.cifti2.BrainModelAxis
     ):
         raise ValueError("is not a dense scalar file (scalars x brain models)")
-    if len(rows) != 1:
+    if one_map and len(rows) != 1:
         raise ValueError(
             f"has {len(rows)} maps; BLMM reads one map per file (split it into one "
             "file per image)"
@@ -117,7 +117,7 @@ def grid(path: Path, kind: str) -> tuple[int, ...]:
 
 def brain_models(path: Path) -> tuple:
     """Return a CIFTI file's brain models in a form that compares with ``==``."""
-    bm = cifti_image(path).header.get_axis(1)
+    bm = cifti_image(path, one_map=False).header.get_axis(1)
     return (
         tuple(bm.name),
         bm.vertex.tobytes(),

@@ -16,6 +16,7 @@ Only :mod:`blmm_scripts.io` and the config check call this module.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,16 +70,10 @@ def read_header(path: Path) -> TableHeader:
         import pyarrow.parquet as pq
 
         names = [str(c) for c in pq.ParquetFile(path).schema_arrow.names]
-    else:
-        import pandas as pd
-
-        try:
-            head = pd.read_csv(
-                path, sep=_sep(path), nrows=0, dtype=str, keep_default_na=False
-            )
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-            raise ValueError(f"cannot be read as a table ({err})") from err
-        names = [str(c).strip() for c in head.columns]
+    else:  # the raw first line: pandas renames repeated names (p1, p1.1)
+        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
+            first = next(csv.reader(fh, delimiter=_sep(path)), [])
+        names = [c.strip() for c in first]
     if len(names) < 2:
         raise ValueError(
             "needs a first column of image ids and at least one parcel column "
