@@ -753,6 +753,40 @@ def _check_image(path: Path, label: str, grid: _Grid, problems: list[str]) -> No
         )
 
 
+def _check_meshes(
+    meshes: tuple[Path, ...], kind: str, images: list[Path], problems: list[str]
+) -> None:
+    """Record a problem for each surface mesh that does not fit the images."""
+    from blmm_scripts import surface_io
+
+    if kind not in ("gifti", "cifti"):
+        problems.append(
+            f"surface_mesh: {', '.join(map(str, meshes))} given, but the images are "
+            f"{_KIND_NAMES[kind]}, not surface data (GIFTI or CIFTI)"
+        )
+        return
+    try:
+        sizes = surface_io.mesh_sizes(images[0], kind)
+    except Exception:  # the first image's own problem is recorded already
+        return
+    if len(meshes) > len(sizes):
+        problems.append(
+            f"surface_mesh: {len(meshes)} meshes for {len(sizes)} surface(s) of the "
+            f"images ({', '.join(name for name, _ in sizes) or 'none'})"
+        )
+    for mesh, (name, n) in zip(meshes, sizes, strict=False):
+        if not mesh.is_file():
+            problems.append(f"surface_mesh: file {mesh} does not exist")
+            continue
+        try:
+            m = surface_io.mesh_vertices(mesh)
+        except Exception as err:
+            problems.append(f"surface_mesh: {mesh} {err}")
+            continue
+        if m != n:
+            problems.append(f"surface_mesh: {mesh} has {m} vertices, {name} has {n}")
+
+
 def _check_table(
     settings: Settings,
     formula: FormulaDesign | None,
@@ -941,15 +975,8 @@ def _check_inputs(
             n_voxels = int(analysis_voxels(io.load_volume(settings.analysis_mask)).size)
             if n_voxels == 0:
                 problems.append(f"analysis_mask: {settings.analysis_mask} is all zero")
-    for mesh in settings.surface_mesh:
-        if kind not in ("gifti", "cifti"):
-            problems.append(
-                f"surface_mesh: {mesh} is given, but the images are "
-                f"{_KIND_NAMES[kind]}, not surface data (GIFTI or CIFTI)"
-            )
-            break
-        if not mesh.is_file():
-            problems.append(f"surface_mesh: file {mesh} does not exist")
+    if settings.surface_mesh:
+        _check_meshes(settings.surface_mesh, kind, images, problems)
 
     X = formula.X if formula else None if settings.data else table(settings.X, "X")
     p = X.shape[1] if formula else None

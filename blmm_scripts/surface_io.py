@@ -128,6 +128,36 @@ def brain_models(path: Path) -> tuple:
     )
 
 
+def mesh_vertices(path: Path) -> int:
+    """Return the number of vertices of a GIFTI surface mesh.
+
+    Raises
+    ------
+    ValueError
+        If the file has no point set and triangles.
+    """
+    img = _load(path)
+    intents = [nib_intent(a) for a in getattr(img, "darrays", [])]
+    if set(_MESH_INTENTS) - set(intents):
+        raise ValueError("is not a GIFTI surface mesh (a point set and triangles)")
+    return len(img.darrays[intents.index("NIFTI_INTENT_POINTSET")].data)
+
+
+def mesh_sizes(reference: Path, kind: str) -> list[tuple[str, int]]:
+    """Return the (name, vertices) of the meshes surface data of a kind is drawn on.
+
+    GIFTI: its own surface.  CIFTI: CortexLeft then CortexRight, those it has.
+    """
+    if kind == "gifti":
+        return [("the images' surface", grid(reference, kind)[0])]
+    models = cifti_image(reference).header.get_axis(1)
+    return [
+        (name.removeprefix("CIFTI_STRUCTURE_").lower(), models.nvertices[name])
+        for name in ("CIFTI_STRUCTURE_CORTEX_LEFT", "CIFTI_STRUCTURE_CORTEX_RIGHT")
+        if name in models.nvertices
+    ]
+
+
 def values(path: Path, kind: str) -> NDArray[np.float64]:
     """Return the values of one GIFTI or CIFTI data file as float64, shape (n,)."""
     if kind == "gifti":

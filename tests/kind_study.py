@@ -4,9 +4,11 @@
 same values in another kind, with a config of its own:
 
 * ``gifti``: one ``.func.gii`` per image (and per data mask, and the analysis
-  mask) of the 120 voxels in C order as vertices;
+  mask) of the 120 voxels in C order as vertices, and a 12 x 10 grid mesh
+  (``surface_mesh``);
 * ``cifti``: one ``.dscalar.nii`` per image and mask, whose 120 grayordinates are
-  50 left-cortex vertices, 50 right-cortex vertices and 20 voxels of a thalamus;
+  50 left-cortex vertices, 50 right-cortex vertices and 20 voxels of a thalamus,
+  and a 10 x 5 grid mesh per cortex;
 * ``table``: ``Y_table`` with a row per image and a column per analysis-mask
   voxel; a cell is empty where the image is missing there (data mask 0, value 0
   or NaN), as the NIfTI study's missingness rule says.
@@ -56,6 +58,29 @@ def write_surface(path: Path, values: np.ndarray, kind: str) -> None:
         img = nib.Cifti2Image(values[None], header=axes)
         img.nifti_header.set_intent("NIFTI_INTENT_CONNECTIVITY_DENSE_SCALARS")
         nib.save(img, str(path))
+
+
+def write_mesh(path: Path, nx: int, ny: int) -> None:
+    """Write a GIFTI surface mesh: an nx x ny grid of vertices, bent, triangulated.
+
+    Vertex k is at grid position (k // ny, k % ny), so that a study's vertices in
+    C order lie on it as the voxels of one slice.
+    """
+    i, j = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    i, j = i.ravel().astype(np.float32), j.ravel().astype(np.float32)
+    coords = np.column_stack([i * 4, j * 4, 6 * np.sin(i / 3)]).astype(np.float32)
+    faces = []
+    for a in range(nx - 1):
+        for b in range(ny - 1):
+            k = a * ny + b
+            faces += [[k, k + ny, k + 1], [k + 1, k + ny, k + ny + 1]]
+    arrays = [
+        nib.gifti.GiftiDataArray(coords, "NIFTI_INTENT_POINTSET", "float32"),
+        nib.gifti.GiftiDataArray(
+            np.asarray(faces, np.int32), "NIFTI_INTENT_TRIANGLE", "int32"
+        ),
+    ]
+    nib.save(nib.gifti.GiftiImage(darrays=arrays), str(path))
 
 
 def _flat(path: Path) -> np.ndarray:
@@ -110,6 +135,14 @@ def make_kind_study(root: Path, kind: str, formula: bool = False) -> Path:
         mask_out = folder / f"analysis_mask{suffix}"
         write_surface(mask_out, analysis, kind)
         config["analysis_mask"] = str(mask_out.relative_to(root))
+        meshes = {
+            "gifti": [("mesh", 12, 10)],
+            "cifti": [("left", 10, 5), ("right", 10, 5)],
+        }
+        config["surface_mesh"] = []
+        for name, nx, ny in meshes[kind]:
+            write_mesh(folder / f"{name}.surf.gii", nx, ny)
+            config["surface_mesh"].append(f"data/{kind}/{name}.surf.gii")
         if formula:
             config["data"] = _rewrite_table_paths(data, kind, converted, root)
         else:

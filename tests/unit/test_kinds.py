@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from kind_study import KINDS, brain_models, make_kind_study, write_surface
+from kind_study import KINDS, brain_models, make_kind_study, write_mesh, write_surface
 
 from blmm_scripts import io, table_io
 from blmm_scripts.batching import read_table_batch
@@ -388,3 +388,19 @@ def test_surface_mesh_needs_surface_data(study):
     assert f"surface_mesh: file {root / 'data' / 'none.surf.gii'} does not exist" in (
         text
     )
+
+
+def test_surface_mesh_must_fit_the_surfaces(study):
+    root, configs = study
+    wrong = root / "data" / "wrong.surf.gii"
+    write_mesh(wrong, 5, 5)
+    text = _problems(configs["gifti"] | {"surface_mesh": str(wrong)}, root)
+    assert f"surface_mesh: {wrong} has 25 vertices, the images' surface has 120" in text
+    data = root / configs["gifti"]["Y_files"]
+    image = data.read_text().split()[0]
+    text = _problems(configs["cifti"] | {"surface_mesh": [image]}, root)
+    assert f"surface_mesh: {image} is not a GIFTI surface mesh" in text
+    meshes = [*configs["cifti"]["surface_mesh"], str(wrong)]
+    text = _problems(configs["cifti"] | {"surface_mesh": meshes}, root)
+    assert "3 meshes for 2 surface(s) of the images (cortex_left, cortex_right)" in text
+    load(configs["cifti"], root)  # the study's own meshes fit
