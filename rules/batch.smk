@@ -3,7 +3,9 @@
 INPUT   the images (and data masks) of batch b, design.npz; a table study:
         work/setup/values.npy (its batch's rows)
 OUTPUT  <outdir>/work/batch/<b>/{XtY,ZtY,ZtY_columns,YtY,n}.npy, missing.npz, or with
-        grouped statistics <outdir>/work/batch/<b>/groups.npz (temporary)
+        grouped statistics <outdir>/work/batch/<b>/groups.npz (temporary);
+        with one image batch, each voxel batch's <outdir>/work/vox/<j>/products.npz
+        (what concat would write; there is no concat stage then)
 """
 
 
@@ -14,14 +16,22 @@ rule batch:
         masks=batch_masks,
         design=work("setup/design.npz"),
     output:
-        **{
-            name: temp(work(f"batch/{{b}}/{file}"))
-            for name, file in BATCH_FILES.items()
-        },
+        **(
+            {"products": [intermediate(p) for p in all_voxel_batches("products.npz")]}
+            if ONE_IMAGE_BATCH
+            else {
+                name: temp(work(f"batch/{{b}}/{file}"))
+                for name, file in BATCH_FILES.items()
+            }
+        ),
     log:
-        work("logs/batch/{b}.log"),
+        work("logs/batch/{b}.log" if not ONE_IMAGE_BATCH else "logs/batch/0000.log"),
     benchmark:
-        work("benchmarks/batch/{b}.tsv")
+        work(
+            "benchmarks/batch/{b}.tsv"
+            if not ONE_IMAGE_BATCH
+            else "benchmarks/batch/0000.tsv"
+        )
     conda:
         "../envs/blmm.yaml"
     threads: 1
@@ -32,5 +42,6 @@ rule batch:
         table_rows=batch_table_rows,
         grouped=GROUPED,
         thresh=SETTINGS.data_mask_thresh,
+        voxel_batches=PLAN.voxel_batches if ONE_IMAGE_BATCH else None,
     script:
         "../blmm_scripts/workflow/batch.py"

@@ -58,6 +58,10 @@ PLAN = make_plan(
     engine_structure(INPUTS.factors, INPUTS.p, GROUPED),
     levels=INPUTS.factors[0].codes[IMAGE_ORDER] if GROUPED else None,
 )
+# One image batch (every image fits in MAXMEM at once): the batch job writes each
+# voxel batch's statistics itself, and there is no concat stage (one job less in
+# a row; most studies of a few hundred images are such).
+ONE_IMAGE_BATCH = len(PLAN.image_batches) == 1
 # The files of one image batch: one .npz of grouped sums, or one .npy per array
 # (concat memory-maps its voxels' rows of the large Z'Y) and the missing images.
 BATCH_FILES = (
@@ -118,7 +122,7 @@ wildcard_constraints:
 
 def image_range(wildcards):
     """Return (start, stop) of image batch b in the image list."""
-    return PLAN.image_batches[int(wildcards.b)]
+    return PLAN.image_batches[int(wildcards.get("b", 0))]
 
 
 def batch_images(wildcards):

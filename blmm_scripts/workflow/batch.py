@@ -1,7 +1,8 @@
 """Snakemake adapter for rule batch.
 
 The work: blmm_scripts.batching.read_batch_data (or .read_table_batch for a table
-study), then .batch_products (per level)
+study), then .batch_products (per level); with one image batch, also concat's work
+per voxel batch (.concat_batches, grouped.concat_groups)
 or blmm_scripts.grouped.batch_groups (grouped statistics).
 """
 
@@ -12,8 +13,10 @@ from blmm_scripts._logging import log_to_file
 from blmm_scripts.batching import (
     BATCH_ARRAYS,
     batch_products,
+    concat_batches,
     read_batch_data,
     read_table_batch,
+    voxel_slice,
 )
 from blmm_scripts.design import Design
 
@@ -38,9 +41,29 @@ with log_to_file(snakemake.log[0]):
         images = grouped.image_order(factor)[start:stop]
         G = grouped.max_level_size(factor)
         part = grouped.batch_groups(design.X, factor, images, Y, is_missing, G)
-        io.save_arrays(snakemake.output.groups, **part.to_arrays())
     else:
         part = batch_products(design.X, design.factors, (start, stop), Y, is_missing)
+    if par.voxel_batches is not None:  # the only image batch: concat's work here
+        n_images, p = design.X.shape
+        arrays = None if par.grouped else part.to_arrays()
+        for (lo, hi), path in zip(
+            par.voxel_batches, snakemake.output.products, strict=True
+        ):
+            if par.grouped:
+                stats = grouped.concat_groups(
+                    [grouped.voxel_slice(part, lo, hi)], n_images, p
+                )
+            else:
+                stats = concat_batches(
+                    [((start, stop), voxel_slice(arrays, arrays, lo, hi))],
+                    n_images,
+                    design.random_effects.q,
+                    p,
+                )
+            io.save_arrays(path, **stats.to_arrays())
+    elif par.grouped:
+        io.save_arrays(snakemake.output.groups, **part.to_arrays())
+    else:
         arrays = part.to_arrays()
         for name in BATCH_ARRAYS:
             io.save_array(snakemake.output[name], arrays.pop(name))
