@@ -1,10 +1,11 @@
 """Figures and the run summary of an analysis, for Snakemake's HTML report.
 
 Figures work for any affine (the example's images are tiny and not in MNI space):
-orthogonal slices are nilearn's ``plot_stat_map`` over the analysis mask, and the
-"glass brain" is a maximum-intensity projection along each voxel axis drawn with
-matplotlib (nilearn's ``plot_glass_brain`` draws an MNI outline, meaningless
-elsewhere).  Maps are thresholded on -log10 p; the threshold is a parameter and is
+orthogonal slices are drawn by nilearn in world coordinates, and the "glass brain" is
+a maximum-intensity projection along each voxel axis drawn with matplotlib (nilearn's
+``plot_glass_brain`` draws an MNI outline, meaningless elsewhere).  Every map is drawn
+over the mask in mid-grey, the rest darker, with colormaps that hold no grey, white
+or black.  Maps are thresholded on -log10 p; the threshold is a parameter and is
 written on the figure and in the caption.
 """
 
@@ -183,6 +184,12 @@ def summary_html(table: pd.DataFrame, title: str) -> str:
 # Figures
 # --------------------------------------------------------------------------------
 
+#: Grey levels (0 black, 1 white) of the background every map is drawn over: the
+#: voxels of the mask mid-grey, the rest darker.  The colormaps below hold no grey,
+#: white or black, so every voxel shown stands out from both.
+GREY_INSIDE = 0.6
+GREY_OUTSIDE = 0.3
+
 
 def _pyplot():
     """Return matplotlib.pyplot on the non-interactive Agg backend."""
@@ -194,26 +201,44 @@ def _pyplot():
     return plt
 
 
+def stat_colormaps():
+    """Return the colormaps of thresholded statistic maps, (unsigned, signed).
+
+    Unsigned (-log10 p, F): red to yellow.  Signed (T): blue to cyan below 0, red to
+    yellow above 0, the middle never shown because the maps are thresholded.  The
+    peak is yellow (cyan for a negative peak), not the white top of matplotlib's
+    ``hot``, which vanished into a light background.
+    """
+    from matplotlib.colors import LinearSegmentedColormap
+
+    unsigned = LinearSegmentedColormap.from_list("blmm_red_yellow", ["red", "yellow"])
+    signed = LinearSegmentedColormap.from_list(
+        "blmm_cyan_blue_red_yellow",
+        [(0.0, "cyan"), (0.5, "blue"), (0.5, "red"), (1.0, "yellow")],
+    )
+    return unsigned, signed
+
+
 def _mip(
     ax_row,
     data: NDArray,
     inside: NDArray[np.bool_],
-    cmap: str,
+    cmap,
     vmin: float,
     vmax: float,
     title: str,
 ):
     """Draw maximum-|value| projections along the three voxel axes (sign kept).
 
-    The projection of the mask is drawn in light grey underneath.
+    Underneath, the projection of the mask in mid-grey, the rest darker.
     """
     for axis, ax in enumerate(ax_row):
         ax.imshow(
-            inside.any(axis=axis).T,
+            np.where(inside.any(axis=axis), GREY_INSIDE, GREY_OUTSIDE).T,
             origin="lower",
-            cmap="Greys",
-            vmin=0,
-            vmax=4,
+            cmap="gray",
+            vmin=0.0,
+            vmax=1.0,
             interpolation="nearest",
         )
         idx = np.abs(data).argmax(axis=axis)
@@ -247,8 +272,9 @@ def plot_contrast(
 
     Rows: the statistic (T or F) where -log10 p >= threshold, then -log10 p
     itself, thresholded the same way.  Each row: orthogonal slices through the peak
-    (nilearn ``plot_stat_map`` over the analysis mask) and maximum-intensity
-    projections along the three voxel axes.
+    (nilearn, in world coordinates) and maximum-intensity projections along the
+    three voxel axes, both over the mask in mid-grey (the rest darker), coloured
+    with :func:`stat_colormaps`.
 
     Returns
     -------
@@ -256,18 +282,22 @@ def plot_contrast(
         Number of voxels above the threshold.
     """
     import nibabel as nib
+    from matplotlib.colors import ListedColormap
     from nilearn import plotting
 
     plt = _pyplot()
+    unsigned, signed_cmap = stat_colormaps()
     inside = np.asarray(mask) != 0
     above = inside & (lp >= threshold)
     shown = {
         stat_name: np.where(above, stat, 0.0),
         "-log10 p": np.where(above, lp, 0.0),
     }
-    # Background: the analysis mask, white on grey (two non-zero levels, as nilearn
-    # draws a constant or 0/1 background invisibly).
-    bg = nib.Nifti1Image(np.where(inside, 2.0, 1.0).astype(np.float32), affine)
+    # The mask 1, the rest 0, and 0 is also what resampling fills in beyond the grid
+    # (an oblique affine): two colours, grey levels fixed (nilearn's stat-map
+    # background would rescale and dim them).
+    background = nib.Nifti1Image(inside.astype(np.float32), affine)
+    background_cmap = ListedColormap([str(GREY_OUTSIDE), str(GREY_INSIDE)])
     fig = plt.figure(figsize=(13, 6.5))
     fig.suptitle(
         f"{title}: {int(above.sum())} of {int(inside.sum())} voxels with "
@@ -276,38 +306,38 @@ def plot_contrast(
     )
     for row, (name, data) in enumerate(shown.items()):
         top = 0.5 - 0.47 * row
-        img = nib.Nifti1Image(data.astype(np.float32), affine)
         peak = np.unravel_index(np.abs(np.where(inside, data, 0)).argmax(), data.shape)
-        cut = nib.affines.apply_affine(affine, peak)
         vmax = float(np.abs(data).max()) or 1.0
         signed = name != "-log10 p" and stat_name == "T"
-        plotting.plot_stat_map(
-            img,
-            bg_img=bg,
-            threshold=1e-12,
+        cmap, vmin = (signed_cmap, -vmax) if signed else (unsigned, 0.0)
+        # The background as an image of its own, the map as an overlay.
+        display = plotting.plot_img(
+            background,
+            cut_coords=nib.affines.apply_affine(affine, peak),
             display_mode="ortho",
-            cut_coords=cut,
-            axes=fig.add_axes([0.0, top, 0.5, 0.4]),
             figure=fig,
+            axes=fig.add_axes([0.0, top, 0.5, 0.4]),
             title=name,
-            colorbar=True,
-            cmap="RdBu_r" if signed else "hot",
-            vmax=vmax,
-            symmetric_cbar=signed,
-            draw_cross=False,
             annotate=True,
+            draw_cross=False,
             black_bg=False,
+            colorbar=False,
+            resampling_interpolation="nearest",
+            cmap=background_cmap,
+            vmin=0.0,
+            vmax=1.0,
+        )
+        display.add_overlay(
+            nib.Nifti1Image(data.astype(np.float32), affine),
+            threshold=1e-12,
+            colorbar=True,
+            resampling_interpolation="nearest",
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
         )
         axes = [fig.add_axes([0.52 + 0.16 * k, top, 0.15, 0.38]) for k in range(3)]
-        _mip(
-            axes,
-            data,
-            inside,
-            "RdBu_r" if signed else "hot",
-            -vmax if signed else 0.0,
-            vmax,
-            name,
-        )
+        _mip(axes, data, inside, cmap, vmin, vmax, name)
     with io.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
@@ -319,6 +349,7 @@ def plot_mosaic(
     title: str,
     path: Path,
     *,
+    inside: NDArray[np.bool_] | None = None,
     labels: dict[int, str] | None = None,
     cmap: str = "viridis",
 ) -> None:
@@ -327,12 +358,16 @@ def plot_mosaic(
     Parameters
     ----------
     data : ndarray, grid shape
+    inside : ndarray of bool, grid shape, optional
+        The voxels drawn in colour (the analysis mask); the rest is dark grey and
+        left out of the colour range.  Default: every voxel.
     labels : dict of int to str, optional
         For a map of codes (blmm_vox_status): a discrete colour per code, named
         in the legend.
     """
     plt = _pyplot()
     data = np.asarray(data)
+    inside = np.ones(data.shape, bool) if inside is None else np.asarray(inside, bool)
     n_slices = data.shape[2]
     cols = min(n_slices, 8)
     rows = -(-n_slices // cols)
@@ -347,14 +382,25 @@ def plot_mosaic(
             [cm(i) for i in range(len(codes))]
         )
     else:
-        cmap_obj, vmin, vmax = cmap, float(data.min()), float(data.max()) or 1.0
+        values = data[inside]
+        vmin, vmax = (
+            (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        )
+        cmap_obj, vmax = cmap, vmax if vmax > vmin else vmin + 1.0
     im = None
     for k, ax in enumerate(axes.ravel()):
         ax.set_xticks([])
         ax.set_yticks([])
         if k < n_slices:
+            # Voxels outside are masked, so the axes' dark grey shows through.
+            ax.set_facecolor(str(GREY_OUTSIDE))
             im = ax.imshow(
-                data[:, :, k].T, origin="lower", cmap=cmap_obj, vmin=vmin, vmax=vmax
+                np.ma.masked_array(data[:, :, k], ~inside[:, :, k]).T,
+                origin="lower",
+                cmap=cmap_obj,
+                vmin=vmin,
+                vmax=vmax,
+                interpolation="nearest",
             )
             ax.set_title(f"k = {k}", fontsize=7)
         else:

@@ -7,8 +7,10 @@ ellipsoidal "brain" every voxel follows
            + b_0i + b_1i t_ij + e_ij,
 
 with a random intercept and slope per subject, cov(b_i) = sigma2 * D and
-e_ij ~ N(0, sigma2).  The time effect beta_1 is non-zero in one half of the brain and
-the group effect in a spherical blob, so T and F maps have something to find.
+e_ij ~ N(0, sigma2).  The time effect beta_1 (positive, so that BLMM's one-sided T
+test finds it) and the group effect beta_3 are each non-zero in a spherical blob of
+their own and 0 elsewhere, so the T and F maps have something to find and places
+where there is nothing to find.
 Outside the brain images are 0 (missing, as in BLMM).  A fraction of images gets a
 data mask that cuts off the top slices (partial coverage), which makes "ring" voxels.
 
@@ -40,6 +42,16 @@ CONTRASTS = (
     ("time_or_group", [[0, 1, 0, 0], [0, 0, 0, 1]]),
 )
 SIGMA2 = 2.0
+#: Where the fixed effects of time and group are non-zero: spheres (centre, radius)
+#: in the grid's [-1, 1]^3 coordinates, apart from each other.  In the example's
+#: 10x12x10 grid the time sphere holds 63 of the 392 brain voxels (16 %), the group
+#: sphere 34.
+TIME_BLOB = (np.array([-0.4, -0.35, -0.3]), 0.55)
+GROUP_BLOB = (np.array([0.4, 0.4, 0.4]), 0.45)
+#: Effect sizes there: time per visit, group difference (image units; the
+#: residual SD is sqrt(SIGMA2)).
+TIME_EFFECT = 1.0
+GROUP_EFFECT = 3.0
 D_TRUE = np.array([[2.0, 0.3], [0.3, 0.5]])  # scaled by sigma2
 
 
@@ -103,12 +115,13 @@ def make_study(
     t = X[:, 1]
     grid, analysis_mask = _grid(shape)
     brain = np.sqrt((grid**2).sum(axis=-1)) < 0.95
-    blob = np.sqrt(((grid - 0.4) ** 2).sum(axis=-1)) < 0.45
+    time_blob = np.sqrt(((grid - TIME_BLOB[0]) ** 2).sum(axis=-1)) < TIME_BLOB[1]
+    group_blob = np.sqrt(((grid - GROUP_BLOB[0]) ** 2).sum(axis=-1)) < GROUP_BLOB[1]
     beta = np.zeros((*shape, 4))
     beta[..., 0] = 100.0
-    beta[..., 1] = np.where(grid[..., 0] > 0, -1.0, 0.0)
+    beta[..., 1] = np.where(time_blob, TIME_EFFECT, 0.0)
     beta[..., 2] = 0.5
-    beta[..., 3] = np.where(blob, 3.0, 0.0)
+    beta[..., 3] = np.where(group_blob, GROUP_EFFECT, 0.0)
 
     n_vox = int(np.prod(shape))
     chol = np.linalg.cholesky(SIGMA2 * D_TRUE)

@@ -21,6 +21,13 @@ REPORT_MAPS = {
     "status": "Voxel status (blmm_vox_status)",
     "nit": "Iterations to convergence (blmm_vox_nit)",
 }
+# The analysis mask as an input, if the config has one: the voxels considered (the
+# summary counts them; the mosaics draw them in colour, the rest dark grey).
+REPORT_ANALYSIS_MASK = (
+    {"analysis_mask": as_relative(SETTINGS.analysis_mask)}
+    if SETTINGS.analysis_mask
+    else {}
+)
 REPORT_FILES = (
     [f"{REPORT_DIR}/contrast_{con}.png" for con in REPORT_CONTRASTS]
     + [f"{REPORT_DIR}/map_{name}.png" for name in REPORT_MAPS]
@@ -69,6 +76,7 @@ rule report_maps:
     """Mosaics of the analysis mask, n and the diagnostics maps."""
     input:
         **{name: map_files()[name] for name in REPORT_MAPS},
+        **REPORT_ANALYSIS_MASK,
     output:
         **{
             name: report(
@@ -98,11 +106,7 @@ rule report_summary:
     """Run summary: images, voxels, drops by reason, convergence, time per stage."""
     input:
         **{name: map_files()[name] for name in ("mask", "n", "status", "nit")},
-        **(
-            {"analysis_mask": as_relative(SETTINGS.analysis_mask)}
-            if SETTINGS.analysis_mask
-            else {}
-        ),
+        **REPORT_ANALYSIS_MASK,
         inputs=f"{OUTDIR}/inputs.yml",
     output:
         html=report(

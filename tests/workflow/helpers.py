@@ -36,6 +36,13 @@ def snakemake(workdir: Path, *args: str, configfile: str = "config.yaml"):
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
+def run_and_report(workdir: Path, report: Path) -> None:
+    """Run the study in `workdir`, then build its `snakemake --report` file."""
+    for args in ((), ("--report", str(report))):
+        result = snakemake(workdir, *args)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
 def planned_jobs(output: str) -> dict[str, int]:
     """Return {rule: count} from the 'Job stats' table of a dry run ({} if none)."""
     if "Nothing to be done" in output:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import read_maps, snakemake
+from helpers import read_maps, run_and_report, snakemake
 from scipy import stats
 from tiny_study import make_tiny_study
 
@@ -41,10 +41,7 @@ def study(tmp_path_factory) -> Path:
     """Run the tiny study with report and fdr on, and build report.zip."""
     root = tmp_path_factory.mktemp("report")
     make_tiny_study(root, report=True, fdr=True)
-    result = snakemake(root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = snakemake(root, "--report", str(root / "report.zip"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_and_report(root, root / "report.zip")
     return root
 
 
