@@ -20,11 +20,8 @@ from numpy.typing import NDArray
 
 from blmm_scripts import io
 
-#: Colour of the background (mesh, mask) that every map is drawn over.
+#: Colour of the analysis mask that maps are drawn over against an index.
 GREY = "#b0b0b0"
-#: -log10 p: a colormap whose top (yellow) and bottom (dark red) both stand out
-#: from grey and from white.
-LP_CMAP = "YlOrRd"
 #: The parcels the bar chart shows (the table lists all).
 TOP_PARCELS = 30
 
@@ -145,13 +142,20 @@ def plot_surface_contrast(
     return int(above.sum())
 
 
-def _colours(name: str, stat_name: str, data: NDArray) -> tuple[str, float, float]:
-    """Return (colormap, vmin, vmax) of a row: T diverging, F and -log10 p not."""
+def _colours(name: str, stat_name: str, data: NDArray) -> tuple:
+    """Return (colormap, vmin, vmax) of a row, the volume figures' colours.
+
+    -log10 p and F red to yellow (the peak), T also blue to cyan below 0
+    (:func:`blmm_scripts.report.stat_colormaps`).
+    """
+    from blmm_scripts.report import stat_colormaps
+
+    unsigned, signed = stat_colormaps()
     vmax = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
     vmax = vmax or 1.0
     if name != "-log10 p" and stat_name == "T":
-        return "RdBu_r", -vmax, vmax
-    return LP_CMAP, 0.0, vmax
+        return signed, -vmax, vmax
+    return unsigned, 0.0, vmax
 
 
 def _index_figure(shown, inside, stat_name, heading, plt):
@@ -272,25 +276,27 @@ def plot_parcels(
 ) -> int:
     """Write a contrast of a parcel study: a bar chart and the ranked table.
 
-    The chart shows the TOP_PARCELS strongest parcels' -log10 p (coloured by the
-    statistic's sign for T), the threshold drawn as a line; the table (TSV) lists
-    every fitted parcel.  Returns the number of parcels above the threshold.
+    The chart shows the TOP_PARCELS strongest parcels' -log10 p, coloured by the
+    statistic as the other figures are, the threshold drawn as a line; the table
+    (TSV) lists every fitted parcel.  Returns the number of parcels above the threshold.
     """
     plt = _pyplot()
     ranked = parcel_ranking(parcels, stat, lp, mask, stat_name)
     n_above = int((ranked["-log10 p"] >= threshold).sum())
     top = ranked.head(TOP_PARCELS)
     fig, ax = plt.subplots(figsize=(10, 0.28 * len(top) + 1.6))
-    if stat_name == "T":
-        colours = np.where(top[stat_name] >= 0, "#c0392b", "#2e86c1")
-    else:
-        colours = np.full(len(top), "#c0392b")
-    ax.barh(np.arange(len(top)), top["-log10 p"], color=colours)
+    ax.set_facecolor(GREY)
+    # the volume figures' colours: the statistic's value (T signed), peak yellow
+    values = top[stat_name].to_numpy(np.float64)
+    cmap, vmin, vmax = _colours(stat_name, stat_name, values)
+    colours = cmap((values - vmin) / (vmax - vmin) if vmax > vmin else values * 0)
+    ax.barh(np.arange(len(top)), top["-log10 p"], color=colours, edgecolor="black")
     ax.set_yticks(np.arange(len(top)), [str(p) for p in top["parcel"]], fontsize=7)
     ax.invert_yaxis()
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1)
     ax.set_xlabel(
-        "-log10 p" + (" (red: T > 0, blue: T < 0)" if stat_name == "T" else "")
+        "-log10 p; colour: "
+        + ("T (red to yellow > 0, blue to cyan < 0)" if stat_name == "T" else "F")
     )
     ax.set_title(
         f"{title}: {n_above} of {len(ranked)} parcels with -log10 p >= {threshold:g} "

@@ -4,7 +4,8 @@
     snakemake --report report.html             # after the run
 
 INPUT   the final maps of the analysis, inputs.yml, <outdir>/work/benchmarks/
-OUTPUT  <outdir>/report/{contrast_<c>.png, map_<name>.png, summary.{tsv,html}}
+OUTPUT  <outdir>/report/{contrast_<c>.png, map_<name>.png, summary.{tsv,html}};
+        a table study also contrast_<c>_parcels.tsv (parcels by -log10 p)
 
 Every output is flagged with report(), with a caption from report/*.rst.
 """
@@ -28,8 +29,28 @@ REPORT_ANALYSIS_MASK = (
     if SETTINGS.analysis_mask
     else {}
 )
+# Surface data are drawn on the surface_mesh meshes; a table study's contrasts
+# also list the parcels ranked by -log10 p.
+REPORT_MESHES = {"meshes": [as_relative(m) for m in SETTINGS.surface_mesh]}
+REPORT_RANKING = (
+    {
+        "ranking": report(
+            f"{REPORT_DIR}/contrast_{{con}}_parcels.tsv",
+            caption="../report/parcels.rst",
+            category="Contrasts",
+            labels={"contrast": "{con}", "figure": "parcels by -log10 p"},
+        )
+    }
+    if INPUTS.kind == "table"
+    else {}
+)
 REPORT_FILES = (
     [f"{REPORT_DIR}/contrast_{con}.png" for con in REPORT_CONTRASTS]
+    + (
+        [f"{REPORT_DIR}/contrast_{con}_parcels.tsv" for con in REPORT_CONTRASTS]
+        if INPUTS.kind == "table"
+        else []
+    )
     + [f"{REPORT_DIR}/map_{name}.png" for name in REPORT_MAPS]
     + [f"{REPORT_DIR}/summary.html", f"{REPORT_DIR}/summary.tsv"]
     if SETTINGS.report
@@ -49,6 +70,7 @@ rule report_contrast:
             for name, path in map_files().items()
             if name in ("mask", "conT", "conTlp", "conF", "conFlp")
         },
+        **REPORT_MESHES,
     output:
         figure=report(
             f"{REPORT_DIR}/contrast_{{con}}.png",
@@ -56,6 +78,7 @@ rule report_contrast:
             category="Contrasts",
             labels={"contrast": "{con}", "figure": "statistic and -log10 p"},
         ),
+        **REPORT_RANKING,
     log:
         work("logs/report/contrast_{con}.log"),
     benchmark:
@@ -68,6 +91,8 @@ rule report_contrast:
     params:
         contrasts=REPORT_CONTRASTS,
         threshold=REPORT_THRESHOLD,
+        kind=INPUTS.kind,
+        meshes=bool(SETTINGS.surface_mesh),
     script:
         "../blmm_scripts/workflow/report_contrast.py"
 

@@ -31,12 +31,21 @@ KINDS = ("gifti", "cifti", "table")
 SUFFIX = {"gifti": ".func.gii", "cifti": ".dscalar.nii"}
 
 
-def brain_models() -> nib.cifti2.BrainModelAxis:
-    """Return the CIFTI brain models of the 120 grayordinates."""
-    left = nib.cifti2.BrainModelAxis.from_mask(np.ones(50, bool), name="CortexLeft")
-    right = nib.cifti2.BrainModelAxis.from_mask(np.ones(50, bool), name="CortexRight")
+#: Grayordinates of the CIFTI copies' volume structure (a thalamus).
+THALAMUS = 20
+
+
+def brain_models(n: int = 120) -> nib.cifti2.BrainModelAxis:
+    """Return CIFTI brain models of n grayordinates (n even).
+
+    (n - 20) / 2 left-cortex vertices, as many right-cortex ones, then 20 voxels
+    of a thalamus.
+    """
+    half = (n - THALAMUS) // 2
+    left = nib.cifti2.BrainModelAxis.from_mask(np.ones(half, bool), name="CortexLeft")
+    right = nib.cifti2.BrainModelAxis.from_mask(np.ones(half, bool), name="CortexRight")
     volume = np.zeros((4, 5, 3), bool)
-    volume[1:3, :, 1:3] = True  # 20 voxels
+    volume[1:3, :, 1:3] = True  # THALAMUS voxels
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     thalamus = nib.cifti2.BrainModelAxis.from_mask(
         volume, affine=affine, name="ThalamusLeft"
@@ -54,7 +63,7 @@ def write_surface(path: Path, values: np.ndarray, kind: str) -> None:
         meta = nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": "CortexLeft"})
         nib.save(nib.gifti.GiftiImage(darrays=[array], meta=meta), str(path))
     else:
-        axes = (nib.cifti2.ScalarAxis([Path(path).name]), brain_models())
+        axes = (nib.cifti2.ScalarAxis([Path(path).name]), brain_models(values.size))
         img = nib.Cifti2Image(values[None], header=axes)
         img.nifti_header.set_intent("NIFTI_INTENT_CONNECTIVITY_DENSE_SCALARS")
         nib.save(img, str(path))
@@ -97,14 +106,49 @@ def make_kind_study(root: Path, kind: str, formula: bool = False) -> Path:
     """
     root = Path(root).absolute()
     nifti_config = make_formula_study(root) if formula else make_tiny_study(root)
-    config = yaml.safe_load(nifti_config.read_text())
-    data = root / "data"
-    blmm = yaml.safe_load((root / "config.yaml").read_text())
+    return convert_study(
+        root, nifti_config, root / "config.yaml", kind, f"out_{kind}", formula
+    )
+
+
+def convert_study(
+    root: Path,
+    config_path: Path,
+    blmm_path: Path,
+    kind: str,
+    outdir: str,
+    formula: bool = False,
+    data: str = "data",
+) -> Path:
+    """Write a NIfTI study's images and masks in `kind`, and a config for the copy.
+
+    Parameters
+    ----------
+    root : Path
+        The working directory the configs' paths are relative to.
+    config_path : Path
+        The config to copy (a BLMM or a formula config).
+    blmm_path : Path
+        The study's BLMM config (its Y_files, data_mask_files and analysis_mask
+        list the NIfTI files).
+    kind, outdir : str
+    formula : bool
+        Whether config_path is a formula config (its table is copied).
+    data : str
+        The folder (below root) the copies go to, in data/<kind>.
+
+    Returns
+    -------
+    Path
+        root/config_<kind>.yaml
+    """
+    config = yaml.safe_load(config_path.read_text())
+    blmm = yaml.safe_load(blmm_path.read_text())
     images = (root / blmm["Y_files"]).read_text().split()
     masks = (root / blmm["data_mask_files"]).read_text().split()
     analysis = _flat(root / blmm["analysis_mask"])
-    folder = data / kind
-    folder.mkdir(exist_ok=True)
+    folder = root / data / kind
+    folder.mkdir(parents=True, exist_ok=True)
     if kind == "table":
         voxels = np.flatnonzero(analysis != 0)
         Y = np.stack([_flat(p).astype(np.float64) for p in images])
@@ -129,37 +173,43 @@ def make_kind_study(root: Path, kind: str, formula: bool = False) -> Path:
         for label, paths in (("image", images), ("mask", masks)):
             converted[label] = []
             for i, p in enumerate(paths, start=1):
-                out = folder / f"{label}{i:02d}{suffix}"
+                out = folder / f"{label}{i:03d}{suffix}"
                 write_surface(out, _flat(p), kind)
                 converted[label].append(out)
         mask_out = folder / f"analysis_mask{suffix}"
         write_surface(mask_out, analysis, kind)
         config["analysis_mask"] = str(mask_out.relative_to(root))
-        meshes = {
-            "gifti": [("mesh", 12, 10)],
-            "cifti": [("left", 10, 5), ("right", 10, 5)],
-        }
         config["surface_mesh"] = []
-        for name, nx, ny in meshes[kind]:
+        for name, nx, ny in _meshes(kind, analysis.size):
             write_mesh(folder / f"{name}.surf.gii", nx, ny)
-            config["surface_mesh"].append(f"data/{kind}/{name}.surf.gii")
+            config["surface_mesh"].append(f"{data}/{kind}/{name}.surf.gii")
         if formula:
-            config["data"] = _rewrite_table_paths(data, kind, converted, root)
+            config["data"] = _rewrite_table_paths(root / data, kind, converted, root)
         else:
             for key, label in (("Y_files", "image"), ("data_mask_files", "mask")):
                 listing = folder / f"{label}s.txt"
                 listing.write_text("\n".join(map(str, converted[label])) + "\n")
                 config[key] = str(listing.relative_to(root))
-    config["outdir"] = f"out_{kind}"
+    config["outdir"] = outdir
     path = root / f"config_{kind}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
+def _meshes(kind: str, n: int) -> list[tuple[str, int, int]]:
+    """Return (name, nx, ny) of the grid meshes of n vertices or grayordinates."""
+    if kind == "gifti":
+        nx = next(d for d in (12, 10, 8, 6, 5, 4, 3, 2, 1) if n % d == 0)
+        return [("mesh", nx, n // nx)]
+    half = (n - THALAMUS) // 2
+    nx = next(d for d in (10, 8, 6, 5, 4, 3, 2, 1) if half % d == 0)
+    return [("left", nx, half // nx), ("right", nx, half // nx)]
+
+
 def _image_ids(root: Path, config: dict, formula: bool, n: int) -> list[str]:
-    """Return the table's ids: data's first column (formula), else img01..."""
+    """Return the table's ids: data's first column (formula), else img001..."""
     if not formula:
-        return [f"img{i:02d}" for i in range(1, n + 1)]
+        return [f"img{i:03d}" for i in range(1, n + 1)]
     import pandas as pd
 
     table = pd.read_csv(root / config["data"], sep="\t", dtype=str)

@@ -1,6 +1,7 @@
 """Snakemake adapter for rule report_maps.
 
-The work: blmm_scripts.report.plot_mosaic.
+The work: blmm_scripts.report.plot_mosaic (volumes) or
+blmm_scripts.report_surface.plot_index_map (surfaces, parcels).
 """
 
 from typing import TYPE_CHECKING
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING
 from blmm_scripts import io
 from blmm_scripts._logging import log_to_file
 from blmm_scripts.report import plot_mosaic
+from blmm_scripts.report_surface import plot_index_map
 from blmm_scripts.structure import Status
 
 if TYPE_CHECKING:  # stub for linters and IDEs only
@@ -20,11 +22,11 @@ with log_to_file(snakemake.log[0]):
         if "analysis_mask" in inp.keys()  # noqa: SIM118 (`in` would test values)
         else None
     )
+    volumes = io.kind_of(inp.mask) == "nifti"
     for name, title in snakemake.params.titles.items():
-        plot_mosaic(
-            io.load_volume(inp[name]),
-            title,
-            snakemake.output[name],
-            inside=inside,
-            labels={int(s): s.name for s in Status} if name == "status" else None,
-        )
+        labels = {int(s): s.name for s in Status} if name == "status" else None
+        data, out = io.load_volume(inp[name]), snakemake.output[name]
+        if volumes:
+            plot_mosaic(data, title, out, inside=inside, labels=labels)
+        else:  # vertices, grayordinates or parcels: against their index
+            plot_index_map(data, title, out, labels=labels)

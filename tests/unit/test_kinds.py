@@ -325,10 +325,10 @@ def test_bad_tables_are_named(study):
     cells = lines[3].split("\t")
     cells[5] = "high"
     bad = problems("\n".join([*lines[:3], "\t".join(cells), *lines[4:]]))
-    assert f"Y_table: {path} not numbers only: row 3 (img03), column " in bad
+    assert f"Y_table: {path} not numbers only: row 3 (img003), column " in bad
     assert "is 'high'" in bad
     repeated = "\n".join([*lines[:3], lines[2], *lines[4:]])
-    assert "ids repeated in the first column: img02" in problems(repeated)
+    assert "ids repeated in the first column: img002" in problems(repeated)
     header = lines[0].split("\t")
     twice = "\t".join([*header[:-1], header[1]])
     assert f"header names repeated: {header[1]}" in problems(
