@@ -8,6 +8,8 @@ or blmm_scripts.grouped.batch_groups (grouped statistics).
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from blmm_scripts import grouped, io
 from blmm_scripts._logging import log_to_file
 from blmm_scripts.batching import (
@@ -45,7 +47,13 @@ with log_to_file(snakemake.log[0]):
         part = batch_products(design.X, design.factors, (start, stop), Y, is_missing)
     if par.voxel_batches is not None:  # the only image batch: concat's work here
         n_images, p = design.X.shape
-        arrays = None if par.grouped else part.to_arrays()
+        # C order, as the batch files concat reads (save_array), so that every
+        # later sum runs in the same order as with several image batches
+        arrays = (
+            None
+            if par.grouped
+            else {k: np.ascontiguousarray(v) for k, v in part.to_arrays().items()}
+        )
         for (lo, hi), path in zip(
             par.voxel_batches, snakemake.output.products, strict=True
         ):
