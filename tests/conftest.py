@@ -1,7 +1,9 @@
-"""Shared fixtures: a seeded rng and a tiny NIfTI study written to tmp_path."""
+"""Shared fixtures: a seeded rng, a tiny NIfTI study in tmp_path, the browser."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,3 +21,15 @@ def rng() -> np.random.Generator:
 def tiny_study(tmp_path: Path) -> Path:
     """Return the config path of a tiny study in tmp_path."""
     return make_tiny_study(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Return the chromium executable (skip, or fail where it is required)."""
+    path = shutil.which("chromium")
+    if path is None:
+        reason = "chromium not on PATH (Debian: apt-get install chromium)"
+        if os.environ.get("BLMM_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path

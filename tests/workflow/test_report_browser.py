@@ -12,24 +12,32 @@ statistic row and in the -log10 p row.  The example's time effect is found where
 was simulated.
 
 Without ``chromium`` (Debian package) on PATH the tests skip, or fail where
-BLMM_REQUIRE_BROWSER=1 (CI).
+BLMM_REQUIRE_BROWSER=1 (CI).  The browser's part is tests/workflow/browser.py.
 """
 
 from __future__ import annotations
 
 import base64
-import io
-import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from browser import (
+    CHROMA,
+    WINDOW,
+    colour_counts,
+    coloured,
+    dark,
+    embedded_png,
+    figure_shown,
+    page_showing,
+    report_results,
+    rgb,
+    screenshot,
+)
 from helpers import REPO, run_and_report
-from PIL import Image
 
 from blmm_scripts.report import stat_colormaps
 from blmm_scripts.simulate import TIME_BLOB
@@ -41,24 +49,6 @@ CONTRASTS = ("c1", "c2", "c3")
 FIGURES = [f"contrast_{c}.png" for c in CONTRASTS] + [
     f"map_{name}.png" for name in ("mask", "n", "status", "nit")
 ]
-#: Wide enough that the report's navigation bar leaves room for the widest figure
-#: (the mosaics, 1359 px) at its own size, so pixels can be counted.
-WINDOW = (1800, 900)
-#: A pixel is "coloured" when its channels differ by this much (greys, white, black
-#: and anti-aliased text do not).
-CHROMA = 100
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Return the chromium executable (skip, or fail where it is required)."""
-    path = shutil.which("chromium")
-    if path is None:
-        reason = "chromium not on PATH (Debian: apt-get install chromium)"
-        if os.environ.get("BLMM_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -76,84 +66,7 @@ def example(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def results(example) -> dict:
     """Return the report's embedded results table, keyed by file path."""
-    html = (example / "report.html").read_text()
-    start = html.index("var results = {") + len("var results = ")
-    table, _ = json.JSONDecoder().raw_decode(html, start)
-    return table
-
-
-def screenshot(chromium: str, page: Path, out: Path) -> np.ndarray:
-    """Return Chromium's screenshot of a page, an (height, width, 3) uint8 array.
-
-    The virtual time budget lets the report's scripts run to completion before
-    the picture is taken; sRGB and a scale factor of 1 keep a PNG's pixels as they
-    are.
-    """
-    cmd = [
-        chromium,
-        "--headless",
-        "--no-sandbox",  # tests run as root in CI containers
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--hide-scrollbars",
-        "--force-color-profile=srgb",
-        "--force-device-scale-factor=1",
-        f"--user-data-dir={out.parent / 'chromium-profile'}",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}",
-        "--virtual-time-budget=10000",
-        f"--screenshot={out}",
-        page.as_uri(),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and out.is_file(), result.stderr[-2000:]
-    return np.asarray(Image.open(out).convert("RGB"))
-
-
-def page_showing(example: Path, path: str, out: Path) -> Path:
-    """Write report.html with a script that shows `path` as its eye button does."""
-    html = (example / "report.html").read_text()
-    script = (
-        "<script>(function show() {"
-        ' if (typeof app === "undefined" || !app) { setTimeout(show, 10); return; }'
-        f" const path = {json.dumps(path)};"
-        ' const kind = path.endsWith(".html") ? "html" : "img";'
-        " app.setView({content: kind, contentPath: results[path].data_uri,"
-        " resultPath: path});"
-        "})();</script>"
-    )
-    head, body_end, tail = html.rpartition("</body>")
-    out.write_text(head + script + body_end + tail)
-    return out
-
-
-def embedded_png(results: dict, name: str) -> np.ndarray:
-    """Return a figure of the report, decoded from its data URI."""
-    uri = results[f"{REPORT_DIR}/{name}"]["data_uri"]
-    data = base64.b64decode(uri.split("base64,", 1)[1])
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def coloured(image: np.ndarray) -> np.ndarray:
-    """Return where pixels are coloured (not grey, white, black)."""
-    image = image.astype(int)
-    return image.max(axis=-1) - image.min(axis=-1) >= CHROMA
-
-
-def dark(image: np.ndarray) -> np.ndarray:
-    """Return where pixels are dark (text)."""
-    return (image < 128).all(axis=-1)
-
-
-def colour_counts(image: np.ndarray) -> dict[int, int]:
-    """Return {0xRRGGBB: number of pixels} of an image."""
-    packed = image.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
-    values, counts = np.unique(packed, return_counts=True)
-    return dict(zip(values.tolist(), counts.tolist(), strict=True))
-
-
-def rgb(key: int) -> np.ndarray:
-    """Return the (3,) colour of a 0xRRGGBB key."""
-    return np.array([key >> 16, key >> 8 & 255, key & 255])
+    return report_results(example / "report.html")
 
 
 def test_start_page_renders(chromium, example, tmp_path):
@@ -172,14 +85,10 @@ def test_start_page_renders(chromium, example, tmp_path):
 @pytest.mark.parametrize("name", FIGURES)
 def test_figure_page_shows_the_figure(chromium, example, results, name, tmp_path):
     """A figure's page shows it whole: its coloured pixels, as many as in the PNG."""
-    figure = embedded_png(results, name)
+    figure = embedded_png(results, f"{REPORT_DIR}/{name}")
     assert coloured(figure).sum() > 2000, f"{name}: the figure itself is blank"
-    page = page_showing(example, f"{REPORT_DIR}/{name}", tmp_path / "page.html")
-    shot = screenshot(chromium, page, tmp_path / name)
-    in_figure, on_screen = colour_counts(figure), colour_counts(shot)
-    keys = [k for k in in_figure if coloured(rgb(k)[None, :])[0]]
-    expected = sum(in_figure[k] for k in keys)
-    shown = sum(min(on_screen.get(k, 0), in_figure[k]) for k in keys)
+    report = example / "report.html"
+    shown, expected = figure_shown(chromium, report, f"{REPORT_DIR}/{name}", tmp_path)
     # Drawn at its own size, every pixel of the PNG is on screen; 2 % for a row or
     # column the page's padding might cut.
     assert shown >= 0.98 * expected, f"{name}: {shown} of {expected} pixels shown"
@@ -196,7 +105,7 @@ def test_summary_page_shows_the_table(chromium, example, results, tmp_path):
     alone = tmp_path / "summary_alone.html"
     alone.write_bytes(base64.b64decode(uri.split("base64,", 1)[1]))
     reference = screenshot(chromium, alone, tmp_path / "summary_alone.png")
-    page = page_showing(example, path, tmp_path / "page.html")
+    page = page_showing(example / "report.html", path, tmp_path / "page.html")
     shot = screenshot(chromium, page, tmp_path / "summary.png")
     # The navigation bar: the run of its background colour along the middle row.
     row = shot[WINDOW[1] // 2].astype(int)
@@ -218,7 +127,7 @@ def test_peak_colour_stands_out_in_each_row(results, con, stat):
     of the mask and outside it), is far from it.
     """
     unsigned, signed = stat_colormaps()
-    figure = embedded_png(results, f"contrast_{con}.png")
+    figure = embedded_png(results, f"{REPORT_DIR}/contrast_{con}.png")
     height, width = figure.shape[:2]
     rows = {stat: signed if stat == "T" else unsigned, "-log10 p": unsigned}
     for row, (name, cmap) in enumerate(rows.items()):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from browser import figure_shown
 from helpers import REPO, snakemake
 from kind_study import KINDS, convert_study
 from PIL import Image
@@ -112,3 +113,27 @@ def test_report_html_holds_the_parcel_tables(studies):
     for con in ("c1", "c2", "c3"):
         assert f"contrast_{con}_parcels.tsv" in text
         assert f"contrast_{con}.png" in text
+
+
+@pytest.mark.parametrize(
+    ("kind", "figure"),
+    [
+        ("gifti", "contrast_c1.png"),
+        ("cifti", "contrast_c3.png"),
+        ("table", "contrast_c1.png"),
+    ],
+)
+def test_report_page_shows_the_figure(studies, chromium, kind, figure, tmp_path):
+    """Chromium shows a surface or parcel figure whole, as the report's page does."""
+    root, _ = studies
+    report = root / f"report_{kind}.html"
+    if not report.exists():
+        result = snakemake(
+            root, "--report", str(report), configfile=f"config_{kind}.yaml"
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    shown, expected = figure_shown(
+        chromium, report, f"results/{kind}/report/{figure}", tmp_path
+    )
+    assert expected > 2000, f"{kind} {figure}: the figure itself is blank"
+    assert shown >= 0.98 * expected, f"{kind} {figure}: {shown} of {expected} shown"
