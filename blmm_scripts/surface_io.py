@@ -11,7 +11,9 @@ Only :mod:`blmm_scripts.io` calls this module; it picks the format by file name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,15 @@ def nib_intent(array) -> str:
     return nib.nifti1.intent_codes.niistring[array.intent]
 
 
+def _check_dense_scalar_name(path: Path) -> None:
+    """Raise if a CIFTI file's name says it is not dense scalars."""
+    if Path(path).name.lower().endswith(OTHER_CIFTI):
+        raise ValueError(
+            "is a CIFTI-2 file of another type; BLMM reads dense scalars "
+            "(.dscalar.nii), one map per file"
+        )
+
+
 def cifti_image(path: Path, one_map: bool = True):
     """Return a CIFTI-2 dense scalar image (of one map) (header read, data lazy).
 
@@ -85,12 +96,7 @@ def cifti_image(path: Path, one_map: bool = True):
     """
     import nibabel as nib
 
-    name = Path(path).name.lower()
-    if name.endswith(OTHER_CIFTI):
-        raise ValueError(
-            "is a CIFTI-2 file of another type; BLMM reads dense scalars "
-            "(.dscalar.nii), one map per file"
-        )
+    _check_dense_scalar_name(path)
     img = _load(path)
     if not isinstance(img, nib.Cifti2Image):
         raise ValueError("is not a CIFTI-2 file")
@@ -108,24 +114,108 @@ def cifti_image(path: Path, one_map: bool = True):
     return img
 
 
+@dataclass(frozen=True)
+class _CiftiLayout:
+    """What files of one CIFTI header (map names aside) share: read once."""
+
+    n_maps: int
+    n: int
+    models: tuple
+    dtype: np.dtype
+    slope: float
+    inter: float
+
+
+#: Layouts by header (the NIfTI-2 header's shape, type and scaling, and the CIFTI
+#: XML without its map names): a study's files share one, so the brain models'
+#: XML, 20 ms a file of 10,000 grayordinates in nibabel, is parsed once.
+_LAYOUTS: dict[bytes, _CiftiLayout] = {}
+_NIFTI2_SIZE = 540
+_MAP_NAMES = re.compile(rb"<NamedMap>.*?</NamedMap>", re.DOTALL)
+
+
+def _cifti_header(path: Path) -> tuple[bytes, int] | None:
+    """Return (layout key, data offset) of an uncompressed little-endian CIFTI file.
+
+    None for anything else (nibabel reads it then).
+    """
+    import nibabel as nib
+
+    with Path(path).open("rb") as fh:
+        head = fh.read(_NIFTI2_SIZE)
+        if (
+            len(head) < _NIFTI2_SIZE
+            or int.from_bytes(head[:4], "little") != _NIFTI2_SIZE
+            or head[4:8] != b"n+2\x00"
+        ):
+            return None
+        header = nib.Nifti2Header(head, check=False)
+        offset = int(header["vox_offset"])
+        extension = fh.read(max(offset - _NIFTI2_SIZE, 0))
+    if b"<CIFTI" not in extension:
+        return None
+    fields = (
+        header.get_data_shape(),
+        header.get_data_dtype().str,
+        header.get_slope_inter(),
+    )
+    return repr(fields).encode() + _MAP_NAMES.sub(b"", extension), offset
+
+
+def _cifti_layout(path: Path) -> tuple[_CiftiLayout, int | None]:
+    """Return the layout of a CIFTI dense scalar file and its data offset.
+
+    The offset is None where the data must be read by nibabel (compressed or
+    big-endian files).
+    """
+    _check_dense_scalar_name(path)
+    found = _cifti_header(path)
+    if found is not None and found[0] in _LAYOUTS:
+        return _LAYOUTS[found[0]], found[1]
+    img = cifti_image(path, one_map=False)
+    bm = img.header.get_axis(1)
+    slope, inter = img.nifti_header.get_slope_inter()
+    layout = _CiftiLayout(
+        n_maps=int(img.shape[0]),
+        n=int(img.shape[1]),
+        models=(  # compares with ==: structures, vertices, voxels, space
+            tuple(bm.name),
+            bm.vertex.tobytes(),
+            bm.voxel.tobytes(),
+            tuple(sorted(bm.nvertices.items())),
+            None if bm.affine is None else np.asarray(bm.affine).tobytes(),
+            bm.volume_shape,
+        ),
+        dtype=img.get_data_dtype(),
+        slope=1.0 if slope is None or not np.isfinite(slope) else float(slope),
+        inter=0.0 if inter is None or not np.isfinite(inter) else float(inter),
+    )
+    if found is None:
+        return layout, None
+    _LAYOUTS[found[0]] = layout
+    return layout, found[1]
+
+
 def grid(path: Path, kind: str) -> tuple[int, ...]:
-    """Return the grid of a GIFTI or CIFTI file: (vertices,) or (grayordinates,)."""
+    """Return the grid of a GIFTI or CIFTI file: (vertices,) or (grayordinates,).
+
+    Raises
+    ------
+    ValueError
+        If the file is not one map of the kind (see :func:`gifti_array`,
+        :func:`cifti_image`).
+    """
     if kind == "gifti":
         return (int(gifti_array(path).size),)
-    return (int(cifti_image(path).shape[1]),)
+    layout, _ = _cifti_layout(path)
+    if layout.n_maps != 1:
+        cifti_image(path)  # raises, saying why
+    return (layout.n,)
 
 
 def brain_models(path: Path) -> tuple:
     """Return a CIFTI file's brain models in a form that compares with ``==``."""
-    bm = cifti_image(path, one_map=False).header.get_axis(1)
-    return (
-        tuple(bm.name),
-        bm.vertex.tobytes(),
-        bm.voxel.tobytes(),
-        tuple(sorted(bm.nvertices.items())),
-        None if bm.affine is None else np.asarray(bm.affine).tobytes(),
-        bm.volume_shape,
-    )
+    return _cifti_layout(path)[0].models
 
 
 def mesh_vertices(path: Path) -> int:
@@ -159,10 +249,27 @@ def mesh_sizes(reference: Path, kind: str) -> list[tuple[str, int]]:
 
 
 def values(path: Path, kind: str) -> NDArray[np.float64]:
-    """Return the values of one GIFTI or CIFTI data file as float64, shape (n,)."""
+    """Return the values of one GIFTI or CIFTI data file as float64, shape (n,).
+
+    A CIFTI file whose header the study has seen is read as its data block.
+    """
     if kind == "gifti":
         return gifti_array(path).astype(np.float64)
-    return np.asarray(cifti_image(path).get_fdata(dtype=np.float64)).reshape(-1)
+    layout, offset = _cifti_layout(path)
+    if layout.n_maps != 1:
+        cifti_image(path)  # raises, saying why
+    if offset is None:
+        return np.asarray(cifti_image(path).get_fdata(dtype=np.float64)).reshape(-1)
+    raw = np.fromfile(path, dtype=layout.dtype, count=layout.n, offset=offset)
+    if raw.size < layout.n:
+        raise ValueError(
+            f"the data block is cut short: {raw.size} of {layout.n} values (the "
+            "file is truncated or was still being written)"
+        )
+    out = raw.astype(np.float64)
+    if layout.slope != 1.0 or layout.inter != 0.0:
+        out = out * layout.slope + layout.inter
+    return out
 
 
 def load_map(path: Path, kind: str) -> NDArray[np.float64]:

@@ -404,3 +404,24 @@ def test_surface_mesh_must_fit_the_surfaces(study):
     text = _problems(configs["cifti"] | {"surface_mesh": meshes}, root)
     assert "3 meshes for 2 surface(s) of the images (cortex_left, cortex_right)" in text
     load(configs["cifti"], root)  # the study's own meshes fit
+
+
+def test_cifti_fast_read_equals_nibabel(tmp_path):
+    """Files of one header (map names aside) are read as their data block.
+
+    float32 and int16 data; nibabel reads each file whole for the reference.
+    """
+    rng = np.random.default_rng(4)
+    paths = []
+    for i, dtype in enumerate((np.float32, np.float32, np.int16, np.int16)):
+        path = tmp_path / f"sub-{i}_map-{'x' * i}.dscalar.nii"
+        write_surface(path, (rng.normal(size=120) * 100).astype(dtype), "cifti")
+        paths.append(path)
+    want = np.stack([nib.load(str(p)).get_fdata().reshape(-1) for p in paths])
+    for _ in range(2):  # the second time every header is known
+        np.testing.assert_array_equal(io.load_voxels(paths, None), want)
+    assert [io.brain_models(p) for p in paths] == [io.brain_models(paths[0])] * 4
+    cut = tmp_path / "cut.dscalar.nii"
+    cut.write_bytes(paths[0].read_bytes()[:-40])
+    with pytest.raises(io.ImageReadError, match="cut short"):
+        io.load_voxels([cut], None)
