@@ -300,13 +300,19 @@ def save_map(path: Path, volumes: NDArray, reference: Path, columns: Sequence[st
 
 
 def load_map(path: Path) -> NDArray[np.float64]:
-    """Return a parcel map's values: (n,) for one volume, else (n, volumes)."""
+    """Return a parcel map's values: (n,) for one volume, else (n, volumes).
+
+    As float64 of the float32 values written (9 digits are rounded back to
+    float32), as a NIfTI map reads, so that a step after maps (FDR) gets the
+    same numbers from either.
+    """
     import pandas as pd
 
     frame = pd.read_csv(path, sep="\t", dtype={PARCEL: str}, keep_default_na=False)
     if frame.columns[0] != PARCEL:
         raise ValueError(f"{path} is not a parcel map (first column {PARCEL!r})")
     data = frame.iloc[:, 1:].to_numpy(dtype=np.float64)
+    data = data.astype(np.float32).astype(np.float64)
     return data[:, 0] if data.shape[1] == 1 else data
 
 

@@ -72,13 +72,13 @@ rule report_contrast:
         },
         **REPORT_MESHES,
     output:
+        **REPORT_RANKING,
         figure=report(
             f"{REPORT_DIR}/contrast_{{con}}.png",
             caption="../report/contrast.rst",
             category="Contrasts",
             labels={"contrast": "{con}", "figure": "statistic and -log10 p"},
         ),
-        **REPORT_RANKING,
     log:
         work("logs/report/contrast_{con}.log"),
     benchmark:
