@@ -63,7 +63,7 @@ def _step(prof: Profile, sigma2: NDArray, method: str, weight: Weight) -> tuple:
     for the methods that profile σ² out.
     """
     re = prof.re
-    curv = curvature(prof)
+    curv = curvature(prof, observed=False)
     scores = score_D(curv, sigma2, weight)
     vech_form = method in ("FS", "SFS")
     dups = [duplication_matrix(qk) for qk in re.n_raneffs]
@@ -134,7 +134,7 @@ def _factor_step(
     g'ΔB / 2 (v,): below tol, D is stationary along its face.
     """
     re = prof.re
-    curv = curvature(prof)
+    curv = curvature(prof, observed=False)
     scores = score_D(curv, sigma2, weight)
     Bs, dBs = [], []
     gain = np.zeros(prof.beta.shape[0])
@@ -383,6 +383,7 @@ def fit(
     llh = np.full(v, np.nan)
     nit = np.zeros(v, dtype=np.int64)
     beta = np.full((v, p), np.nan)
+    carried = None  # the profile at the current D of the voxels still iterating
 
     if ok.size:
         # no residual variance (constant data, n = p): nothing to estimate
@@ -406,12 +407,12 @@ def fit(
         for k in range(re.r):
             D[k][ok] = D0[k]
         sigma2[ok], llh[ok] = s2, l0
+        carried = prof.take(np.flatnonzero(~(no_var | bad)))
 
     lam = np.ones(v)
     mode = np.full(v, SCORING)  # per voxel: scoring in D, in factors, or gradient
     check = np.zeros(v, dtype=np.int8)  # see _advance
     active = status == Status.OK
-    carried = None  # the profile at the current D of the voxels still iterating
     for it in range(1, maxnit + 1):
         idx = np.flatnonzero(active)
         if idx.size == 0:
