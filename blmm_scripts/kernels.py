@@ -801,6 +801,35 @@ def _lane_outputs_2(i, w, acc, a_FF, a_sF, outputs):
             FF[i, 1, m, 1, n] = a_FF[2, lo, hi, w]
 
 
+@njit(cache=True, parallel=True)
+def trace_products(H, FF):
+    """Return tr(Q_cd Q_ab), Q_xy = H F_xy, of each voxel as (v, k, k, k, k) [a,b,c,d].
+
+    H (v, p, p); FF (v, k, p, k, p), F_xy = FF[:, x, :, y, :] (Σ_j F_j ⊗ F_j): the
+    low-rank part of REML's trace term (``likelihood._low_rank_trace``).
+    """
+    v, k, p = FF.shape[0], FF.shape[1], FF.shape[2]
+    out = np.empty((v, k * k, k * k))  # rows (a, b), columns (c, d)
+    for i in prange(v):
+        Q = np.empty((k * k, p, p))
+        for xy in range(k * k):
+            x, y = xy // k, xy % k
+            for m in range(p):
+                for n in range(p):
+                    e = 0.0
+                    for t in range(p):
+                        e += H[i, m, t] * FF[i, x, t, y, n]
+                    Q[xy, m, n] = e
+        for ab in range(k * k):
+            for cd in range(k * k):
+                e = 0.0
+                for m in range(p):
+                    for n in range(p):
+                        e += Q[cd, m, n] * Q[ab, n, m]
+                out[i, ab, cd] = e
+    return out.reshape(v, k, k, k, k)
+
+
 @njit(cache=True)
 def spd_inverse(M):
     """Return the inverses and log-determinants of SPD M (v, p, p), as the kernels do.

@@ -641,11 +641,12 @@ class FusedCurvature(BlockCurvature):
         """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d]."""
         if weight is Weight.V_INV:
             return self.sum_BwBv.transpose(0, 3, 1, 2, 4)
+        from blmm_scripts.kernels import trace_products
+
         self._need(self.has_reml, "the REML weight")
         cross = self.sum_BwBv - self.sum_BC
-        S = self.sum_FF.transpose(0, 1, 3, 2, 4)  # (v, x, y, m, n)
-        QS = self.prof.H[:, None, None] @ S
-        return cross.transpose(0, 3, 1, 2, 4) + np.einsum("vcdij,vabji->vabcd", QS, QS)
+        QQ = trace_products(np.ascontiguousarray(self.prof.H), self.sum_FF)
+        return cross.transpose(0, 3, 1, 2, 4) + QQ
 
     def data_term(self, k1: int, k2: int) -> NDArray:
         """U[v,a,b,c,d] = Σ_ij s_i[a] P_ij[b,c] s_j[d]."""
