@@ -35,7 +35,7 @@ from blmm_scripts.likelihood import (
     score_D,
 )
 from blmm_scripts.products import design_products, ring_design_products
-from blmm_scripts.structure import Factor, Products, RandomEffects, build_Z
+from blmm_scripts.structure import Factor, Products, RandomEffects, Status, build_Z
 
 TOL = 1e-10
 CONTRASTS = [np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 1.0]), np.eye(3)[1:]]
@@ -292,6 +292,14 @@ def test_methods_equal_reference(method):
     """The four scoring methods take the same steps on both paths."""
     products, re = study(2, missing=0.1)
     assert_same(*both_paths(products, re, method=method))
+
+
+def test_fits_stopped_at_maxnit_equal_reference():
+    """Fits that reach maxnit (not polished) get their β and σ² on both paths alike."""
+    products, re = study(2, missing=0.1)
+    ours, ref = both_paths(products, re, maxnit=2, tol=0.0)
+    assert (ref[0].status == Status.MAXNIT).any()
+    assert_same(ours, ref)
 
 
 def test_weighted_levels_equal_reference():
