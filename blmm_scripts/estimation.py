@@ -63,7 +63,7 @@ def _step(prof: Profile, sigma2: NDArray, method: str, weight: Weight) -> tuple:
     for the methods that profile σ² out.
     """
     re = prof.re
-    curv = curvature(prof)
+    curv = curvature(prof, observed=False)
     scores = score_D(curv, sigma2, weight)
     vech_form = method in ("FS", "SFS")
     dups = [duplication_matrix(qk) for qk in re.n_raneffs]
@@ -134,7 +134,7 @@ def _factor_step(
     g'ΔB / 2 (v,): below tol, D is stationary along its face.
     """
     re = prof.re
-    curv = curvature(prof)
+    curv = curvature(prof, observed=False)
     scores = score_D(curv, sigma2, weight)
     Bs, dBs = [], []
     gain = np.zeros(prof.beta.shape[0])
@@ -249,7 +249,7 @@ def _polish(
     reml: bool,
     weight: Weight,
     steps: int = 3,
-) -> None:
+) -> tuple[NDArray, NDArray, NDArray]:
     """Newton steps with the exact observed information at converged fits.
 
     Convergence on the log-likelihood pins the parameters only to about sqrt(tol);
@@ -257,17 +257,23 @@ def _polish(
     become exact to rounding and independent of the path that found them (e.g. of
     how the images were split into batches).  Steps that would leave the PSD cone or
     lower the log-likelihood beyond its rounding error are not taken, so fits on the
-    boundary keep the estimates their iterations reached.  Updates D in place.
+    boundary keep the estimates their iterations reached.  Updates D in place and
+    returns β, σ² (profiled) and the log-likelihood at the final D of the voxels
+    `idx`, shapes (n, p), (n,), (n,).
     """
     dups = [duplication_matrix(qk) for qk in re.n_raneffs]
+    p = products.XtY.shape[1]
+    beta, sigma2, llh = np.empty((idx.size, p)), np.empty(idx.size), np.empty(idx.size)
+    at = np.arange(idx.size)  # the positions in idx of the voxels still stepping
     carried = None  # the profile at the updated D of the voxels still stepping
     for _ in range(steps):
-        ii = idx
+        ii = idx[at]
         if ii.size == 0:
-            return
+            break
         if carried is None:
             sub = products.take(ii)
             prof = profile(sub, re, [psd_sqrt(Dk[ii])[1] for Dk in D], reml)
+            beta[at], sigma2[at], llh[at] = prof.beta, prof.sigma2, prof.llh()
         else:
             prof, sub = carried, carried.products
         s2 = prof.sigma2
@@ -301,14 +307,20 @@ def _polish(
         ok = ~clipped & np.isfinite(new) & (new >= old - noise)
         for Dk, Dn in zip(D, new_D, strict=True):
             Dk[ii[ok]] = Dn[ok]
+        beta[at[ok]], sigma2[at[ok]], llh[at[ok]] = (
+            new_prof.beta[ok],
+            new_prof.sigma2[ok],
+            new[ok],
+        )
         # voxels whose step was already at rounding level need no further step
         scale = np.maximum(
             1.0,
             np.concatenate([np.abs(Dk[ii]).reshape(ii.size, -1) for Dk in D], 1).max(1),
         )
         more = ok & (np.abs(step).max(axis=1) > 1e-12 * scale)
-        idx = ii[more]
+        at = at[more]
         carried = new_prof.take(np.flatnonzero(more))
+    return beta, sigma2, llh
 
 
 def _ols(products: Products, re: RandomEffects) -> Profile:
@@ -383,6 +395,7 @@ def fit(
     llh = np.full(v, np.nan)
     nit = np.zeros(v, dtype=np.int64)
     beta = np.full((v, p), np.nan)
+    carried = None  # the profile at the current D of the voxels still iterating
 
     if ok.size:
         # no residual variance (constant data, n = p): nothing to estimate
@@ -406,12 +419,12 @@ def fit(
         for k in range(re.r):
             D[k][ok] = D0[k]
         sigma2[ok], llh[ok] = s2, l0
+        carried = prof.take(np.flatnonzero(~(no_var | bad)))
 
     lam = np.ones(v)
     mode = np.full(v, SCORING)  # per voxel: scoring in D, in factors, or gradient
     check = np.zeros(v, dtype=np.int8)  # see _advance
     active = status == Status.OK
-    carried = None  # the profile at the current D of the voxels still iterating
     for it in range(1, maxnit + 1):
         idx = np.flatnonzero(active)
         if idx.size == 0:
@@ -501,19 +514,17 @@ def fit(
                 "iteration %d: %d of %d voxels still iterating", it, active.sum(), v
             )
     status[active] = Status.MAXNIT
-    _polish(products, re, D, np.flatnonzero(status == Status.OK), reml, weight)
-
-    good = is_fitted(status)
-    idx = np.flatnonzero(good)
+    # β and σ² given D in closed form (FS and pFS end within tol of it): from the
+    # polishing's last profiles, or a profile of the fits that reached maxnit
+    idx = np.flatnonzero(status == Status.OK)
+    beta[idx], sigma2[idx], llh[idx] = _polish(products, re, D, idx, reml, weight)
+    idx = np.flatnonzero(status == Status.MAXNIT)
     if idx.size:
-        sub = products.take(idx)
-        prof = profile(sub, re, [psd_sqrt(Dk[idx])[1] for Dk in D], reml)
-        beta[idx] = prof.beta
-        # σ² given D in closed form (FS and pFS end within tol of it)
-        sigma2[idx] = prof.sigma2
-        llh[idx] = prof.llh(sigma2[idx])
-        bad = ~(np.isfinite(llh[idx]) & np.isfinite(beta[idx]).all(1))
-        status[idx[bad]] = Status.NOT_FINITE
+        prof = profile(products.take(idx), re, [psd_sqrt(Dk[idx])[1] for Dk in D], reml)
+        beta[idx], sigma2[idx], llh[idx] = prof.beta, prof.sigma2, prof.llh()
+    idx = np.flatnonzero(is_fitted(status))
+    bad = ~(np.isfinite(llh[idx]) & np.isfinite(beta[idx]).all(1))
+    status[idx[bad]] = Status.NOT_FINITE
     dropped = ~is_fitted(status)
     beta[dropped], sigma2[dropped], llh[dropped] = np.nan, np.nan, np.nan
     for Dk in D:

@@ -235,17 +235,16 @@ def profile(
     from blmm_scripts.kernels import profile_sums
 
     pr = products
-    A, ZtX, ZtY, lam, w = _kernel_inputs(pr, re, sqrtD[0])
-    logdet, XtViX, XtViY, YtViY, H, logdetX = profile_sums(
-        A,
-        ZtX,
-        ZtY,
-        lam,
-        w,
-        np.ascontiguousarray(pr.XtX, dtype=np.float64),
-        np.ascontiguousarray(pr.XtY, dtype=np.float64),
-        np.ascontiguousarray(pr.YtY, dtype=np.float64),
-    )
+    XtX = np.ascontiguousarray(pr.XtX, dtype=np.float64)
+    XtY = np.ascontiguousarray(pr.XtY, dtype=np.float64)
+    YtY = np.ascontiguousarray(pr.YtY, dtype=np.float64)
+    lam = np.ascontiguousarray(sqrtD[0], dtype=np.float64)
+    if lam.any():
+        A, ZtX, ZtY, lam, w = _kernel_inputs(pr, re, lam)
+        sums = profile_sums(A, ZtX, ZtY, lam, w, XtX, XtY, YtY)
+    else:  # D = 0, the OLS start: no pass over the levels
+        sums = _sums_at_zero(XtX, XtY, YtY)
+    logdet, XtViX, XtViY, YtViY, H, logdetX = sums
     odd = np.flatnonzero(~np.isfinite(logdetX))
     if odd.size:  # not positive definite: the numpy path's eigen route there
         H[odd], logdetX[odd] = spd_inv_logdet(XtViX[odd])
@@ -257,6 +256,23 @@ def profile(
     return FusedProfile(
         pr, re, reml, wood, XtViX, H, logdetX, beta, S, n_eff, None, None, (lam,)
     )
+
+
+def _sums_at_zero(XtX: NDArray, XtY: NDArray, YtY: NDArray) -> tuple:
+    """Return the sums of :func:`blmm_scripts.kernels.profile_sums` at D = 0 (V = I).
+
+    X'V^-1 X = X'X and so on, log|V| = 0; (X'X)^-1 and its log-determinant as the
+    kernels compute them, once for a design shared by every voxel.
+    """
+    from blmm_scripts.kernels import spd_inverse
+
+    v = XtY.shape[0]
+
+    def every(a: NDArray) -> NDArray:
+        return np.broadcast_to(a, (v, *a.shape[1:])).copy()
+
+    H, logdetX = spd_inverse(XtX)
+    return np.zeros(v), every(XtX), XtY.copy(), YtY.copy(), every(H), every(logdetX)
 
 
 def _numpy_profile(
@@ -561,17 +577,25 @@ class FusedCurvature(BlockCurvature):
     """The sums of :class:`BlockCurvature` (one factor) from the compiled kernel.
 
     One pass over each voxel's levels (:func:`blmm_scripts.kernels.curvature_sums`)
-    gives every level sum; the terms below combine them exactly as
-    :func:`_low_rank_trace` and :func:`_low_rank_data` do.
+    gives the level sums; the terms below combine them exactly as
+    :func:`_low_rank_trace` and :func:`_low_rank_data` do.  With
+    ``observed=False`` only the sums of the score and the expected information of
+    the profile's likelihood (REML or ML) are made, which is all a scoring step
+    needs (for q0 = 2 the kernel then skips the others).
     """
 
-    def __init__(self, prof: FusedProfile) -> None:
+    def __init__(self, prof: FusedProfile, observed: bool = True) -> None:
         """Compute the level sums at `prof`."""
-        from blmm_scripts.kernels import curvature_sums
+        from blmm_scripts.kernels import SUMS_ALL, SUMS_ML, SUMS_REML, curvature_sums
 
         self.prof = prof
         self.re = prof.re
         self.v = prof.beta.shape[0]
+        #: whether the sums of REML's expected information and of the observed
+        #: information were made
+        self.has_reml = observed or prof.reml
+        self.has_observed = observed
+        sums = SUMS_ALL if observed else (SUMS_REML if prof.reml else SUMS_ML)
         (
             self.sum_ss,
             self.sum_Bw,
@@ -585,7 +609,14 @@ class FusedCurvature(BlockCurvature):
             *_kernel_inputs(prof.products, prof.re, prof.sqrtD[0]),
             np.ascontiguousarray(prof.H),
             np.ascontiguousarray(prof.beta),
+            sums,
         )
+
+    @staticmethod
+    def _need(made: bool, what: str) -> None:
+        """Raise if the sums behind `what` were not made (``observed=False``)."""
+        if not made:
+            raise ValueError(f"{what} needs curvature(prof, observed=True)")
 
     def ss(self, k: int) -> NDArray:
         """Σ_j s_j s_j', shape (v, q0, q0)."""
@@ -593,32 +624,50 @@ class FusedCurvature(BlockCurvature):
 
     def quadratic(self, k: int, h: NDArray) -> NDArray:
         """Σ_j (F_j h)(F_j h)' from Σ_j F_j ⊗ F_j, h (v, p): (v, q0, q0)."""
-        return np.einsum("vambn,vm,vn->vab", self.sum_FF, h, h)
+        self._need(self.has_reml, "quadratic")
+        v, q0, p = self.sum_FF.shape[:3]
+        # two matrix-vector products (numpy's three-operand einsum is 4x slower)
+        t = (self.sum_FF.reshape(v, -1, p) @ h[:, :, None]).reshape(v, q0, p, q0)
+        return (t.swapaxes(-1, -2) @ h[:, None, :, None])[..., 0]
 
     def diag_sum(self, k: int, weight: Weight) -> NDArray:
         """Σ_j R_jj, R = Z'V^-1 Z (V_INV) or Z'PZ (P)."""
-        return self.sum_Bw - self.sum_C if weight is Weight.P else self.sum_Bw
+        if weight is Weight.V_INV:
+            return self.sum_Bw
+        self._need(self.has_reml, "the REML weight")
+        return self.sum_Bw - self.sum_C
 
     def trace_term(self, k1: int, k2: int, weight: Weight) -> NDArray:
         """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d]."""
         if weight is Weight.V_INV:
             return self.sum_BwBv.transpose(0, 3, 1, 2, 4)
+        from blmm_scripts.kernels import trace_products
+
+        self._need(self.has_reml, "the REML weight")
         cross = self.sum_BwBv - self.sum_BC
-        S = self.sum_FF.transpose(0, 1, 3, 2, 4)  # (v, x, y, m, n)
-        QS = self.prof.H[:, None, None] @ S
-        return cross.transpose(0, 3, 1, 2, 4) + np.einsum("vcdij,vabji->vabcd", QS, QS)
+        QQ = trace_products(np.ascontiguousarray(self.prof.H), self.sum_FF)
+        return cross.transpose(0, 3, 1, 2, 4) + QQ
 
     def data_term(self, k1: int, k2: int) -> NDArray:
         """U[v,a,b,c,d] = Σ_ij s_i[a] P_ij[b,c] s_j[d]."""
+        self._need(self.has_observed, "data_term")
         U = self.sum_ssBv.transpose(0, 1, 3, 4, 2)
-        E = self.sum_sF
-        return U - np.einsum("vabm,vmn,vdcn->vabcd", E, self.prof.H, E)
+        v, q0, _, p = self.sum_sF.shape
+        E = self.sum_sF.reshape(v, q0 * q0, p)
+        # Σ_mn E[a,b,m] H[m,n] E[d,c,n] as two matrix products, indices (a, b, d, c)
+        EHE = ((E @ self.prof.H) @ E.swapaxes(-1, -2)).reshape(v, q0, q0, q0, q0)
+        return U - EHE.swapaxes(-1, -2)
 
 
-def curvature(prof: Profile) -> BlockCurvature:
-    """Return the level-pair sums of `prof` for its Z'Z layout."""
+def curvature(prof: Profile, observed: bool = True) -> BlockCurvature:
+    """Return the level-pair sums of `prof` for its Z'Z layout.
+
+    observed : False when only the score and the expected information of the
+        profile's likelihood (REML or ML) are needed (a scoring step), so the
+        kernels can skip the sums of the observed information.
+    """
     if isinstance(prof, FusedProfile):
-        return FusedCurvature(prof)
+        return FusedCurvature(prof, observed)
     if prof.re.bordered:
         return BorderedCurvature(prof)
     return BlockCurvature(prof)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from blmm_scripts import likelihood
+from blmm_scripts import kernels, likelihood
 from blmm_scripts._linalg import psd_sqrt
 from blmm_scripts.estimation import METHODS, fit
 from blmm_scripts.inference import infer
@@ -35,7 +35,7 @@ from blmm_scripts.likelihood import (
     score_D,
 )
 from blmm_scripts.products import design_products, ring_design_products
-from blmm_scripts.structure import Factor, Products, RandomEffects, build_Z
+from blmm_scripts.structure import Factor, Products, RandomEffects, Status, build_Z
 
 TOL = 1e-10
 CONTRASTS = [np.array([0.0, 1.0, 0.0]), np.array([1.0, 0.0, 1.0]), np.eye(3)[1:]]
@@ -171,11 +171,111 @@ def test_sums_equal_reference_at_fixed_D(shape, missing, weights):
                 out[f"score {weight}"] = score_D(curv, prof.sigma2, weight)[0]
                 out[f"T {weight}"] = curv.trace_term(0, 0, weight)
             out["U"] = curv.data_term(0, 0)
+            out["quadratic"] = curv.quadratic(0, prof.beta)
             out["J"] = observed_information(prof, prof.sigma2)
             out["F"], out["s"] = prof.F, prof.s
             results.append(out)
     for name in results[0]:
         assert scaled_difference(results[0][name], results[1][name]) < TOL, name
+
+
+def kernel_arguments(products, re, seed=5):
+    """Return both kernels' arguments at a random D: (profile's, curvature's)."""
+    rng = np.random.default_rng(seed)
+    k = re.n_raneffs[0]
+    B = rng.normal(size=(products.n_voxels, k, k))
+    sqrt = psd_sqrt(B @ B.swapaxes(-1, -2))[1]
+    prof = profile(products, re, [sqrt], True)
+    base = likelihood._kernel_inputs(products, re, sqrt)
+    XtX = np.ascontiguousarray(products.XtX)
+    return (*base, XtX, products.XtY, products.YtY), (*base, prof.H, prof.beta)
+
+
+@pytest.mark.parametrize("missing", [0.0, 0.1])
+@pytest.mark.parametrize("weights", [False, True])
+def test_lanes_do_not_change_the_sums(missing, weights, monkeypatch):
+    """The k = 2 kernels give the same numbers, to the bit, whatever their lane count.
+
+    Each lane does one voxel's operations in the scalar order; 5 lanes leave a
+    partial last block (16 voxels) and a count that is no multiple of the SIMD
+    width.
+    """
+    products, re = study(2, missing=missing)
+    if weights:
+        products = with_weights(products)
+    args_p, args_c = kernel_arguments(products, re)
+    results = []
+    for lanes in (kernels.LANES, 5, 1):
+        monkeypatch.setattr(kernels, "LANES", lanes)
+        results.append(kernels.profile_sums(*args_p) + kernels.curvature_sums(*args_c))
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("missing", [0.0, 0.1])
+def test_partial_sums_are_those_of_all_sums(missing):
+    """The k = 2 curvature kernel's shorter passes: the same sums, NaN for the rest.
+
+    SUMS_ML: Σ s s', Σ w Bv, Σ w Bv ⊗ Bv; SUMS_REML adds Σ C, Σ (Bv ⊗ C + C ⊗ Bv),
+    Σ F ⊗ F; SUMS_ALL adds Σ (s s') ⊗ Bv and Σ s ⊗ F.
+    """
+    products, re = study(2, missing=missing)
+    _, args_c = kernel_arguments(products, re)
+    full = kernels.curvature_sums(*args_c, sums=kernels.SUMS_ALL)
+    assert all(np.isfinite(a).all() for a in full)
+    made = {kernels.SUMS_ML: (0, 1, 3), kernels.SUMS_REML: (0, 1, 2, 3, 4, 5)}
+    for sums, names in made.items():
+        part = kernels.curvature_sums(*args_c, sums=sums)
+        for i, (a, b) in enumerate(zip(part, full, strict=True)):
+            if i in names:
+                np.testing.assert_array_equal(a, b)
+            else:
+                assert np.isnan(a).all()
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_expected_only_curvature_refuses_observed_terms(reml):
+    """curvature(prof, observed=False) gives the step's terms and refuses the rest."""
+    products, re = study(2)
+    rng = np.random.default_rng(5)
+    B = rng.normal(size=(products.n_voxels, 2, 2))
+    prof = profile(products, re, [psd_sqrt(B @ B.swapaxes(-1, -2))[1]], reml)
+    full, part = curvature(prof), curvature(prof, observed=False)
+    weight = Weight.of(reml)
+    np.testing.assert_array_equal(part.ss(0), full.ss(0))
+    np.testing.assert_array_equal(part.diag_sum(0, weight), full.diag_sum(0, weight))
+    np.testing.assert_array_equal(
+        part.trace_term(0, 0, weight), full.trace_term(0, 0, weight)
+    )
+    with pytest.raises(ValueError, match="observed=True"):
+        part.data_term(0, 0)
+    if not reml:
+        with pytest.raises(ValueError, match="observed=True"):
+            part.trace_term(0, 0, Weight.P)
+
+
+@pytest.mark.parametrize("shape", list(RANEFFS))
+@pytest.mark.parametrize("missing", [0.0, 0.1])
+def test_profile_at_zero_equals_reference(shape, missing):
+    """At D = 0 (the OLS start) the profile skips the kernels: the same numbers."""
+    products, re = study(RANEFFS[shape], missing=missing)
+    k = RANEFFS[shape]
+    zero = [np.zeros((products.n_voxels, k, k))]
+    prof = profile(products, re, zero, False)
+    with numpy_engine():
+        ref = profile(products, re, zero, False)
+    base = likelihood._kernel_inputs(products, re, zero[0])
+    sums = kernels.profile_sums(
+        *base, np.ascontiguousarray(products.XtX), products.XtY, products.YtY
+    )
+    for name, i in (("XtViX", 1), ("H", 4), ("logdetX", 5)):
+        np.testing.assert_array_equal(getattr(prof, name), sums[i])
+        assert scaled_difference(getattr(prof, name), getattr(ref, name)) < TOL
+    np.testing.assert_array_equal(prof.wood.logdet, sums[0])
+    for name in ("beta", "S"):
+        assert scaled_difference(getattr(prof, name), getattr(ref, name)) < TOL
+    assert scaled_difference(prof.llh(), ref.llh()) < TOL
 
 
 @pytest.mark.parametrize("shape", list(RANEFFS))
@@ -192,6 +292,14 @@ def test_methods_equal_reference(method):
     """The four scoring methods take the same steps on both paths."""
     products, re = study(2, missing=0.1)
     assert_same(*both_paths(products, re, method=method))
+
+
+def test_fits_stopped_at_maxnit_equal_reference():
+    """Fits that reach maxnit (not polished) get their β and σ² on both paths alike."""
+    products, re = study(2, missing=0.1)
+    ours, ref = both_paths(products, re, maxnit=2, tol=0.0)
+    assert (ref[0].status == Status.MAXNIT).any()
+    assert_same(ours, ref)
 
 
 def test_weighted_levels_equal_reference():
