@@ -210,21 +210,24 @@ def check_ids(ids: Sequence[str]) -> None:
 def write_values(path: Path, out: Path, max_bytes: int) -> tuple[int, int]:
     """Write a Y_table's values as a float64 ``.npy`` (rows x parcels), NaN missing.
 
-    Written chunk by chunk into a memory map; ``out`` must be a temporary path.
-    Returns (rows, parcels).
+    Written chunk by chunk, appended to the file (not through a memory map, whose
+    written pages would count in the job's memory); ``out`` must be a temporary
+    path.  Returns (rows, parcels).
     """
     header = read_header(path)
     n_rows = len(read_ids(path))
-    array = np.lib.format.open_memmap(
-        out, mode="w+", dtype=np.float64, shape=(n_rows, len(header.parcels))
-    )
-    start = 0
-    for _, values in chunks(path, max_bytes):
-        array[start : start + len(values)] = values
-        start += len(values)
-    array.flush()
-    del array
-    return n_rows, len(header.parcels)
+    shape = (n_rows, len(header.parcels))
+    with Path(out).open("wb") as fh:
+        np.lib.format.write_array_header_2_0(
+            fh, {"descr": "<f8", "fortran_order": False, "shape": shape}
+        )
+        written = 0
+        for _, values in chunks(path, max_bytes):
+            np.ascontiguousarray(values, dtype="<f8").tofile(fh)
+            written += len(values)
+    if written != n_rows:
+        raise ValueError(f"{path} changed while it was read ({written} of {n_rows})")
+    return shape
 
 
 def read_rows(
