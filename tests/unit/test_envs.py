@@ -109,7 +109,10 @@ def test_not_in_env_names_pyproject_dependencies():
 def test_package_imports_are_dependencies():
     """Every third-party module blmm_scripts imports is a pyproject dependency."""
     dists = packages_distributions()
-    declared = set(_runtime_dependencies())
+    optional = _pyproject()["optional-dependencies"]["parquet"]
+    declared = set(_runtime_dependencies()) | {
+        _name(Requirement(line).name) for line in optional
+    }
     missing = []
     for module, path in _package_imports().items():
         names = {_name(d) for d in dists.get(module, [module])}

@@ -81,6 +81,7 @@ def test_same_numbers_same_maps(studies, kind, formula):
 
 
 def test_parquet_table_same_maps(studies):
+    pytest.importorskip("pyarrow", reason="Parquet needs the extra [parquet]")
     root, configs, _ = studies[False]
     config = _config(configs["table"])
     tsv = root / config["Y_table"]
