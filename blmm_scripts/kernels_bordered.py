@@ -63,6 +63,9 @@ from blmm_scripts.kernels import (
 #: an argument: LLVM vectorises loops of a run-time length, not loops of a known
 #: length as short as 8.
 LANES = 8
+#: From this border width on, the s x s products of a voxel call BLAS (np.dot)
+#: and its inverse LAPACK; below it a call costs more than the loops.
+BLAS_FROM = 24
 
 
 @njit(cache=True)
@@ -389,46 +392,43 @@ def _sandwich(Ls, start, X, out, T, identity):
 
 
 @njit(cache=True, inline="always")
-def _border(Css, r, beta, Gs, Gam, Rss, Fs, ss, Zr, CG, re):
+def _matmul(A, B, out):
+    """Write A @ B into out (contiguous arrays): BLAS from BLAS_FROM rows of A."""
+    if A.shape[0] >= BLAS_FROM:
+        np.dot(A, B, out)
+        return
+    for c in range(A.shape[0]):  # row by row: the inner loops are contiguous
+        for d in range(B.shape[1]):
+            out[c, d] = 0.0
+        for t in range(A.shape[1]):
+            x = A[c, t]
+            for d in range(B.shape[1]):
+                out[c, d] += x * B[t, d]
+
+
+@njit(cache=True, inline="always")
+def _border(Css, r, beta, Gs, Gam, Rss, Fs, ss, Zr, CG, CGr):
     """Write the border's quantities of one voxel from Css, r and G_s.
 
     Writes Γ = I - G_s Css, Css Γ (the border's block of Z'V^-1 Z), F_s = Γ' r_X,
-    s_s = Γ' r_ê and Zr = [G_s r_X, G_s r_ê] (s, p + 1); CG (s, s) and re (s,)
-    are work arrays.
+    s_s = Γ' r_ê and Zr = [G_s r_X, G_s r_ê] (s, p + 1), with r_ê = r_Y - r_X β;
+    CG (s, s) and CGr (s, p + 1) are work arrays.
     """
     s, p = Css.shape[0], beta.shape[0]
-    for c in range(s):
-        e = r[c, p]
-        for d in range(p):
-            e -= r[c, d] * beta[d]
-        re[c] = e
-    for c in range(s):  # rows of CG = Css G_s, Css Γ = Css - CG Css, F_s, Zr
-        for d in range(s):
-            CG[c, d] = 0.0
-            Rss[c, d] = Css[c, d]
-        for d in range(p + 1):
-            Zr[c, d] = 0.0
-        for t in range(s):
-            x, g = Css[c, t], Gs[c, t]
-            for d in range(s):
-                CG[c, d] += x * Gs[t, d]
-            for d in range(p):
-                Zr[c, d] += g * r[t, d]
-            Zr[c, p] += g * re[t]
-        for d in range(p):
-            Fs[c, d] = r[c, d]
-        e = re[c]
-        for t in range(s):
-            x = CG[c, t]
-            for d in range(s):
-                Rss[c, d] -= x * Css[t, d]
-            for d in range(p):
-                Fs[c, d] -= x * r[t, d]
-            e -= x * re[t]
-        ss[c] = e
+    _matmul(Css, Gs, CG)
+    _matmul(CG, Css, Rss)
+    _matmul(CG, r, CGr)
+    _matmul(Gs, r, Zr)
     for c in range(s):
         for d in range(s):
+            Rss[c, d] = Css[c, d] - Rss[c, d]
             Gam[c, d] = (1.0 if c == d else 0.0) - CG[d, c]
+        e, z = r[c, p] - CGr[c, p], Zr[c, p]
+        for d in range(p):
+            Fs[c, d] = r[c, d] - CGr[c, d]
+            e -= Fs[c, d] * beta[d]
+            z -= Zr[c, d] * beta[d]
+        ss[c], Zr[c, p] = e, z
 
 
 @njit(cache=True, inline="always")
@@ -487,7 +487,7 @@ def _curvature_sums_b(
         Sinv = np.empty((s, s))
         Ts = np.empty((s, s))
         Zr = np.empty((s, p + 1))
-        re = np.empty(s)
+        CGr = np.empty((s, p + 1))
         CG = np.empty((s, s))
         FHs = np.empty((s, p))
         Lw = np.empty((s, s))
@@ -500,10 +500,13 @@ def _curvature_sums_b(
             i = idx[lane]
             Hi, Gsi = H[i], Gs[i]
             _sandwich(Ls[i], start, Css[i], Sm, Ts, True)
-            _inverse_with(Sm, Sinv, Lw, Liw)
+            if s >= BLAS_FROM and np.isfinite(Sm).all():
+                Sinv[:, :] = np.linalg.inv(Sm)  # LAPACK; Sm is I + a PSD matrix
+            else:
+                _inverse_with(Sm, Sinv, Lw, Liw)
             _sandwich(Ls[i], start, Sinv, Gsi, Ts, False)
             _border(
-                Css[i], r[i], beta[i], Gsi, Gam[i], Rss[i], Fs[i], s_s[i], Zr, CG, re
+                Css[i], r[i], beta[i], Gsi, Gam[i], Rss[i], Fs[i], s_s[i], Zr, CG, CGr
             )
             for c in range(s):  # Z'PZ's border block: Css Γ - F_s H F_s'
                 for d in range(p):
@@ -554,6 +557,7 @@ def _curvature_sums_b(
                                 WWc[x, c, y, d, lane] = WWc[y, d, x, c, lane]
         QS = np.empty((q0, q0, m, m))
         QE = np.empty((q0, q0, m))
+        Sb = np.empty((m, m))
         for lane in range(min(nl, v - chunk * nl)):
             i = idx[lane]
             _low_rank_terms(
@@ -565,6 +569,7 @@ def _curvature_sums_b(
                 q0,
                 QS,
                 QE,
+                Sb,
                 TQ[i],
                 EQE[i],
             )
@@ -720,13 +725,14 @@ def _curvature_level(design, lanes, per_lane, j, l0, q0, cols, n, sums, work):
 
 
 @njit(cache=True, inline="always")
-def _low_rank_terms(WW, sW, Gs, H, reml, q0, QS, QE, TQ, EQE):
+def _low_rank_terms(WW, sW, Gs, H, reml, q0, QS, QE, Sb, TQ, EQE):
     """Write one voxel's low-rank terms of the first factor's trace and data sums.
 
     TQ[a,b,c,d] = tr(Q S_cd Q S_ab) with S_xy[m,n] = WW[x,m,y,n] (Z'PZ, or Z'V^-1 Z
     when not reml: Q = G_s and S's border part only) and
     EQE[a,b,c,d] = Σ_mn E[a,b,m] Q[m,n] E[d,c,n] with E = sW (Z'PZ); Q is
-    blockdiag(G_s, H).  QS (q0, q0, m, m) and QE (q0, q0, m) are work arrays.
+    blockdiag(G_s, H).  QS (q0, q0, m, m), QE (q0, q0, m) and Sb (m, m) are work
+    arrays.
     """
     s, p = Gs.shape[0], H.shape[0]
     mq = s + p if reml else s
@@ -741,19 +747,11 @@ def _low_rank_terms(WW, sW, Gs, H, reml, q0, QS, QE, TQ, EQE):
                     for k in range(p):
                         e += H[i - s, k] * sW[x, y, s + k]
                 QE[x, y, i] = e
-            for i in range(mq):  # QS = Q S_xy, row by row
-                for j in range(mq):
-                    QS[x, y, i, j] = 0.0
-                if i < s:
-                    for k in range(s):
-                        g = Gs[i, k]
-                        for j in range(mq):
-                            QS[x, y, i, j] += g * WW[x, k, y, j]
-                else:
-                    for k in range(p):
-                        g = H[i - s, k]
-                        for j in range(mq):
-                            QS[x, y, i, j] += g * WW[x, s + k, y, j]
+            for i in range(s + p):  # QS = Q S_xy
+                for j in range(s + p):
+                    Sb[i, j] = WW[x, i, y, j]
+            _matmul(Gs, Sb[:s], QS[x, y, :s])
+            _matmul(H, Sb[s:], QS[x, y, s:])
     for a in range(q0):
         for b in range(q0):
             for c in range(q0):

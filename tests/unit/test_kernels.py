@@ -29,7 +29,7 @@ from blmm_scripts import likelihood
 from blmm_scripts._linalg import block_diag_factors, psd_sqrt
 from blmm_scripts.estimation import METHODS, fit
 from blmm_scripts.inference import infer
-from blmm_scripts.kernels_bordered import LANES, border_sqrt
+from blmm_scripts.kernels_bordered import BLAS_FROM, LANES, border_sqrt
 from blmm_scripts.likelihood import (
     FusedProfile,
     Weight,
@@ -105,13 +105,16 @@ BORDERED = {
 }
 
 
-def crossed_study(raneffs, seed=11, n_sub=16, visits=5, n_voxels=13, missing=0.0):
+def crossed_study(
+    raneffs, seed=11, n_sub=16, visits=5, n_voxels=13, missing=0.0, n_sites=4
+):
     """Return the products and structure of a subject x site (x scanner) study.
 
-    Every image belongs to one subject, one of 4 sites and (three factors) one of 3
-    scanners, so subjects see a few sites each.  Voxels 0-1 have no subject effect
-    and voxels 2-3 no site effect (fits on the boundary); with `missing` > 0
-    images are missing at random at every voxel (ring voxels, per-voxel design).
+    Every image belongs to one subject, one of `n_sites` sites and (three factors)
+    one of 3 scanners, so subjects see a few sites each.  Voxels 0-1 have no
+    subject effect and voxels 2-3 no site effect (fits on the boundary); with
+    `missing` > 0 images are missing at random at every voxel (ring voxels,
+    per-voxel design).
     13 voxels: a chunk of the kernels' lanes is left partly empty.
     """
     rng = np.random.default_rng(seed)
@@ -120,7 +123,7 @@ def crossed_study(raneffs, seed=11, n_sub=16, visits=5, n_voxels=13, missing=0.0
     time = np.tile(np.arange(visits), n_sub) + rng.uniform(-0.3, 0.3, n)
     X = np.column_stack([np.ones(n), time, rng.normal(size=n)])
     covariates = np.column_stack([np.ones(n), time])
-    groups = [subject, rng.integers(0, 4, n), rng.integers(0, 3, n)]
+    groups = [subject, rng.integers(0, n_sites, n), rng.integers(0, 3, n)]
     names = ["subject", "site", "scanner"]
     factors = [
         Factor.from_labels(g, covariates[:, :qk], name)
@@ -341,6 +344,21 @@ def test_bordered_any_number_of_voxels(n_voxels):
         ref = sums_at(products, re, sqrt, True)[1]
     for name in ours:
         assert scaled_difference(ours[name], ref[name]) < TOL, name
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_bordered_wide_border_equals_reference(reml):
+    """A border of BLAS_FROM columns or more (its s x s products by BLAS, LAPACK)."""
+    kw = {"n_sub": 40, "visits": 3, "missing": 0.1, "n_sites": BLAS_FROM + 2}
+    products, re = crossed_study(BORDERED["crossed"], **kw)
+    assert re.border >= BLAS_FROM
+    sqrt = random_sqrt(re, products.n_voxels)
+    ours = sums_at(products, re, sqrt, reml)[1]
+    with numpy_engine():
+        ref = sums_at(products, re, sqrt, reml)[1]
+    for name in ours:
+        assert scaled_difference(ours[name], ref[name]) < TOL, name
+    assert_same(*both_paths(products, re, reml=reml))
 
 
 def test_bordered_level_weights_take_the_numpy_path():
