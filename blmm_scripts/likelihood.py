@@ -683,26 +683,7 @@ class FusedBorderedCurvature(BorderedCurvature):
         self.v = prof.beta.shape[0]
         self.w = re.n_levels[0] * re.n_raneffs[0]
         self._made: dict[tuple, NDArray] = {}
-        (
-            self.sum_ss,
-            self.sum_Bv,
-            self.sum_CN,
-            self.sum_CF,
-            self.sum_BB,
-            self.sum_BCN,
-            self.sum_BCF,
-            self.sum_ssBv,
-            self.sum_WW,
-            self.sum_sW,
-            self.Gs,
-            self.Gam,
-            self.RVss,
-            self.RPss,
-            self.Fs,
-            self.s_border,
-            self.TQ,
-            self.EQE,
-        ) = curvature_sums(
+        sums = curvature_sums(
             *_bordered_inputs(prof.products, re, list(prof.sqrtD)),
             *prof.border,
             np.ascontiguousarray(prof.H),
@@ -710,6 +691,11 @@ class FusedBorderedCurvature(BorderedCurvature):
             prof.reml,
             re.n_levels[0],
         )
+        self.sum_ss, self.sum_Bv, self.sum_CN, self.sum_CF = sums[:4]
+        self.sum_BB, self.sum_BCN, self.sum_BCF, self.sum_ssBv = sums[4:8]
+        self.sum_WW, self.sum_sW = sums[8:10]
+        self.Gs, self.Gam, self.RVss, self.RPss, self.Fs, self.s_border = sums[10:16]
+        self.TQ, self.EQE = sums[16:]
 
     def _memo(self, key: tuple, make: Callable[[], NDArray]) -> NDArray:
         """Return make(), computed once per key (the engine asks for terms twice)."""
