@@ -272,8 +272,8 @@ def our_engine(Y, X, factors, *, engine: str = "numba", route: str = "levels") -
         inf_wall, inf_cpu = time.perf_counter() - w, time.process_time() - c
     nit = fitted.nit
     return {
-        # several factors have no kernel yet: the numpy path runs either way
-        "engine": engine if re.one_factor else "numpy",
+        # the dense layout (several factors, none the largest) has no kernel
+        "engine": engine if re.one_factor or re.bordered else "numpy",
         "route": route,
         "n_voxels": v,
         "q": re.q,

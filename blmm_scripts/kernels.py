@@ -126,8 +126,42 @@ def _add_logdet(det, w, ld, prod, bad):
 
 
 @njit(cache=True, inline="always")
+def _cholesky(M, L):
+    """Write the lower Cholesky factor of SPD M (k x k) into L; return log|M|.
+
+    Only L's lower triangle is written.  NaN (and L unfinished) where M is not
+    positive definite.
+    """
+    k = M.shape[0]
+    logdet = 0.0
+    for j in range(k):
+        d = M[j, j]
+        for t in range(j):
+            d -= L[j, t] * L[j, t]
+        if not d > 0:
+            return np.nan
+        L[j, j] = np.sqrt(d)
+        logdet += 2.0 * np.log(L[j, j])
+        for i in range(j + 1, k):
+            e = M[i, j]
+            for t in range(j):
+                e -= L[i, t] * L[j, t]
+            L[i, j] = e / L[j, j]
+    return logdet
+
+
+@njit(cache=True, inline="always")
 def _inverse(M, out):
     """Write the inverse of SPD M (k x k) into out; return log|M| (NaN if not PD)."""
+    k = M.shape[0]
+    if k <= 2:
+        return _inverse_with(M, out, M, M)
+    return _inverse_with(M, out, np.empty((k, k)), np.empty((k, k)))
+
+
+@njit(cache=True, inline="always")
+def _inverse_with(M, out, L, Li):
+    """:func:`_inverse` with (k, k) work arrays L and Li (unused for k <= 2)."""
     k = M.shape[0]
     if k == 1:
         out[0, 0] = 1.0 / M[0, 0]
@@ -140,26 +174,13 @@ def _inverse(M, out):
         out[1, 0] = -b / det
         out[1, 1] = a / det
         return np.log(det) if det > 0 else np.nan
-    L = np.zeros((k, k))
-    logdet = 0.0
-    for j in range(k):
-        d = M[j, j]
-        for t in range(j):
-            d -= L[j, t] * L[j, t]
-        if not d > 0:
-            for a in range(k):
-                for b in range(k):
-                    out[a, b] = np.nan
-            return np.nan
-        L[j, j] = np.sqrt(d)
-        logdet += 2.0 * np.log(L[j, j])
-        for i in range(j + 1, k):
-            e = M[i, j]
-            for t in range(j):
-                e -= L[i, t] * L[j, t]
-            L[i, j] = e / L[j, j]
+    logdet = _cholesky(M, L)
+    if np.isnan(logdet):
+        for a in range(k):
+            for b in range(k):
+                out[a, b] = np.nan
+        return np.nan
     # inverse of L by forward substitution, then out = L^-T L^-1
-    Li = np.zeros((k, k))
     for j in range(k):
         Li[j, j] = 1.0 / L[j, j]
         for i in range(j + 1, k):

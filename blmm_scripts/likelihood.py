@@ -25,7 +25,7 @@ lmerTest differentiates (numerically) for its Satterthwaite degrees of freedom.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -148,11 +148,13 @@ class Profile:
         )
         changes = {name: arr(name, self, other) for name in PROFILE_ARRAYS}
         if isinstance(self, FusedProfile):
-            theirs = self.sqrtD if other is None else other.sqrtD
-            changes["sqrtD"] = tuple(
-                fn(a) if other is None else fn(a, b)
-                for a, b in zip(self.sqrtD, theirs, strict=True)
-            )
+            for name in ("sqrtD", "border"):
+                mine = getattr(self, name)
+                theirs = mine if other is None else getattr(other, name)
+                changes[name] = tuple(
+                    fn(a) if other is None else fn(a, b)
+                    for a, b in zip(mine, theirs, strict=True)
+                )
         return replace(self, products=products, wood=wood, **changes)
 
     @cached_property
@@ -170,13 +172,16 @@ class Profile:
 
 @dataclass(frozen=True)
 class FusedProfile(Profile):
-    """A :class:`Profile` computed by the compiled kernels (one random factor).
+    """A :class:`Profile` computed by the compiled kernels (one factor or bordered).
 
     It keeps no per-level arrays: ``wood.G``, ``GZtX`` and ``GZtY`` are None, and
     F and s (used by inference) come from the numpy path when asked for.
     """
 
     sqrtD: tuple[NDArray[np.float64], ...] = ()
+    #: bordered layout: the Schur complement Css (v, s, s) and the border's
+    #: r = [r_X, r_Y] (v, s, p + 1) (:mod:`blmm_scripts.kernels_bordered`)
+    border: tuple[NDArray[np.float64], ...] = ()
 
     @cached_property
     def reference(self) -> Profile:
@@ -194,7 +199,8 @@ class FusedProfile(Profile):
         return self.reference.s
 
 
-#: Use the compiled kernels (:mod:`blmm_scripts.kernels`) for one random factor;
+#: Use the compiled kernels for one random factor (:mod:`blmm_scripts.kernels`) and
+#: for the bordered layout (:mod:`blmm_scripts.kernels_bordered`);
 #: ``BLMM_ENGINE=numpy`` (or :func:`numpy_engine`) takes the numpy reference path.
 USE_KERNELS = os.environ.get("BLMM_ENGINE", "numba") != "numpy"
 
@@ -226,24 +232,52 @@ def _kernel_inputs(pr: Products, re: RandomEffects, lam: NDArray) -> tuple:
     )
 
 
+def _bordered_inputs(pr: Products, re: RandomEffects, sqrtD: list[NDArray]) -> tuple:
+    """Arguments of both bordered kernels, contiguous float64 (l0 last)."""
+    from blmm_scripts.kernels_bordered import border_sqrt
+
+    def c(a: NDArray) -> NDArray:
+        return np.ascontiguousarray(a, dtype=np.float64)
+
+    Ls, start = border_sqrt(sqrtD[1:], re.n_levels[1:], re.n_raneffs[1:])
+    return (c(pr.ZtZ), c(pr.ZtX), c(pr.ZtY), c(sqrtD[0]), Ls, start)
+
+
+def _kernel_profile(
+    pr: Products, re: RandomEffects, sqrtD: list[NDArray]
+) -> tuple[tuple, tuple]:
+    """Return the profile kernel's sums for the layout of `re`, or () for numpy.
+
+    One factor and the bordered layout (without level weights) have kernels.
+    Returns the six sums of :func:`blmm_scripts.kernels.profile_sums` and what
+    the curvature kernel takes from the profile (bordered: Css and r).
+    """
+    tail = tuple(
+        np.ascontiguousarray(a, dtype=np.float64) for a in (pr.XtX, pr.XtY, pr.YtY)
+    )
+    if USE_KERNELS and re.one_factor:
+        from blmm_scripts.kernels import profile_sums
+
+        lam = np.ascontiguousarray(sqrtD[0], dtype=np.float64)
+        if not lam.any():  # D = 0, the OLS start: no pass over the levels
+            return _sums_at_zero(*tail), ()
+        return profile_sums(*_kernel_inputs(pr, re, lam), *tail), ()
+    if USE_KERNELS and re.bordered and pr.level_weight is None:
+        from blmm_scripts.kernels_bordered import profile_sums
+
+        sums = profile_sums(*_bordered_inputs(pr, re, sqrtD), *tail, re.n_levels[0])
+        return sums[:6], sums[6:]
+    return (), ()
+
+
 def profile(
     products: Products, re: RandomEffects, sqrtD: list[NDArray], reml: bool
 ) -> Profile:
     """Return the :class:`Profile` of a stack of voxels at D = sqrtD sqrtD'."""
-    if not (USE_KERNELS and re.one_factor):
+    sums, border = _kernel_profile(products, re, sqrtD)
+    if not sums:
         return _numpy_profile(products, re, sqrtD, reml)
-    from blmm_scripts.kernels import profile_sums
-
     pr = products
-    XtX = np.ascontiguousarray(pr.XtX, dtype=np.float64)
-    XtY = np.ascontiguousarray(pr.XtY, dtype=np.float64)
-    YtY = np.ascontiguousarray(pr.YtY, dtype=np.float64)
-    lam = np.ascontiguousarray(sqrtD[0], dtype=np.float64)
-    if lam.any():
-        A, ZtX, ZtY, lam, w = _kernel_inputs(pr, re, lam)
-        sums = profile_sums(A, ZtX, ZtY, lam, w, XtX, XtY, YtY)
-    else:  # D = 0, the OLS start: no pass over the levels
-        sums = _sums_at_zero(XtX, XtY, YtY)
     logdet, XtViX, XtViY, YtViY, H, logdetX = sums
     odd = np.flatnonzero(~np.isfinite(logdetX))
     if odd.size:  # not positive definite: the numpy path's eigen route there
@@ -253,8 +287,9 @@ def profile(
     p = pr.XtX.shape[-1]
     n_eff = pr.n - p if reml else pr.n.astype(np.float64)
     wood = Woodbury(re, None, logdet)
+    sq = tuple(np.ascontiguousarray(Lk, dtype=np.float64) for Lk in sqrtD)
     return FusedProfile(
-        pr, re, reml, wood, XtViX, H, logdetX, beta, S, n_eff, None, None, (lam,)
+        pr, re, reml, wood, XtViX, H, logdetX, beta, S, n_eff, None, None, sq, border
     )
 
 
@@ -342,7 +377,16 @@ def _low_rank_trace(
     """
     Bw = Bv if Bw is None else Bw
     cross = level_sum(Bw, Bv) - level_sum(Bv, C) - level_sum(C, Bv)
-    S = level_sum(W, W).transpose(0, 1, 3, 2, 4)  # (v, x, y, m, n)
+    return _factored_trace(cross, level_sum(W, W), Q)
+
+
+def _factored_trace(cross: NDArray, WW: NDArray, Q: NDArray) -> NDArray:
+    """T of :func:`_low_rank_trace` from its level sums.
+
+    cross = Σ_j (Bw⊗Bv - Bv⊗C - C⊗Bv) (v, q0, q0, q0, q0), WW = Σ_j W_j ⊗ W_j
+    (v, q0, m, q0, m) and Q (v, m, m).
+    """
+    S = WW.transpose(0, 1, 3, 2, 4)  # (v, x, y, m, n)
     QS = Q[:, None, None] @ S
     return cross.transpose(0, 3, 1, 2, 4) + np.einsum("vcdij,vabji->vabcd", QS, QS)
 
@@ -350,8 +394,12 @@ def _low_rank_trace(
 def _low_rank_data(sb: NDArray, Bv: NDArray, W: NDArray, Q: NDArray) -> NDArray:
     """U for R = blockdiag(Bv_j) - W Q W': Σ_j s_j[a] Bv_j[b,c] s_j[d] - E_ab'Q E_dc."""
     ss = sb[..., :, None] * sb[..., None, :]  # (v, l, a, d)
-    U = level_sum(ss, Bv).transpose(0, 1, 3, 4, 2)
-    E = level_sum(sb, W)  # (v, a, b, m)
+    return _factored_data(level_sum(ss, Bv), level_sum(sb, W), Q)
+
+
+def _factored_data(ssBv: NDArray, E: NDArray, Q: NDArray) -> NDArray:
+    """U of :func:`_low_rank_data` from Σ_j (s_j s_j') ⊗ Bv_j and E = Σ_j s_j ⊗ W_j."""
+    U = ssBv.transpose(0, 1, 3, 4, 2)
     return U - np.einsum("vabm,vmn,vdcn->vabcd", E, Q, E)
 
 
@@ -413,12 +461,16 @@ class BlockCurvature:
         sk = self._s(k)
         return level_sum(sk, sk)
 
+    def _F(self, k: int) -> NDArray:
+        """Rows of factor k of F = Z'V^-1 X, shape (v, l_k q_k, p)."""
+        re = self.re
+        o = re.offsets[k]
+        return self.prof.F[:, o : o + re.n_levels[k] * re.n_raneffs[k]]
+
     def quadratic(self, k: int, h: NDArray) -> NDArray:
         """Σ_j (F_j h)(F_j h)' over the levels j of factor k, h (v, p)."""
-        re = self.re
-        o, lk, qk = re.offsets[k], re.n_levels[k], re.n_raneffs[k]
-        K = np.einsum("vqp,vp->vq", self.prof.F[:, o : o + lk * qk], h)
-        Kk = K.reshape(self.v, lk, qk)
+        K = np.einsum("vqp,vp->vq", self._F(k), h)
+        Kk = K.reshape(self.v, self.re.n_levels[k], self.re.n_raneffs[k])
         return np.einsum("vja,vjb->vab", Kk, Kk)
 
     def diag_sum(self, k: int, weight: Weight) -> NDArray:
@@ -502,6 +554,10 @@ class BorderedCurvature(BlockCurvature):
             self._dense[weight] = (self._N - WQ[:, :w] @ Ws, self._Css - WQ[:, w:] @ Ws)
         return self._dense[weight]
 
+    def border_block(self, weight: Weight) -> NDArray:
+        """Return the border's own block of Z'AZ, (v, s, s)."""
+        return self.dense(weight)[1]
+
     def _W(self, weight: Weight) -> tuple[NDArray, NDArray]:
         """Return the first factor's rows of W as (v, l, q0, m), and Q."""
         W, Q = self.low[weight]
@@ -519,11 +575,10 @@ class BorderedCurvature(BlockCurvature):
     def _cross(self, k1: int, k2: int, weight: Weight) -> NDArray:
         """Dense block (v, l1, q1, l2, q2) of Z'AZ for a pair involving the border."""
         re, w = self.re, self.w
-        R0s, Rss = self.dense(weight)
         if k1 == 0:
             o2 = re.offsets[k2] - w
             cols = slice(o2, o2 + re.n_levels[k2] * re.n_raneffs[k2])
-            return R0s[:, :, cols].reshape(
+            return self.dense(weight)[0][:, :, cols].reshape(
                 self.v,
                 re.n_levels[0],
                 re.n_raneffs[0],
@@ -535,7 +590,7 @@ class BorderedCurvature(BlockCurvature):
         o1, o2 = re.offsets[k1] - w, re.offsets[k2] - w
         rows = slice(o1, o1 + re.n_levels[k1] * re.n_raneffs[k1])
         cols = slice(o2, o2 + re.n_levels[k2] * re.n_raneffs[k2])
-        return Rss[:, rows, cols].reshape(
+        return self.border_block(weight)[:, rows, cols].reshape(
             self.v, re.n_levels[k1], re.n_raneffs[k1], re.n_levels[k2], re.n_raneffs[k2]
         )
 
@@ -659,6 +714,154 @@ class FusedCurvature(BlockCurvature):
         return U - EHE.swapaxes(-1, -2)
 
 
+class FusedBorderedCurvature(BorderedCurvature):
+    """The sums of :class:`BorderedCurvature` from the compiled kernel.
+
+    One pass over each voxel's first-factor levels
+    (:func:`blmm_scripts.kernels_bordered.curvature_sums`) gives the level sums of
+    the factored form, W_j = [N_j, F_j], and the border's s x s quantities; no
+    (voxels x levels x ...) array is made.  The first factor's rows of Z'AZ
+    against the border are W_i Y (Y = [Γ; -H F_s'] for P, Γ for V^-1), so its
+    sums with a border factor are sums of Y_j' (Σ_i W_i ⊗ W_i) Y_j; pairs of
+    border factors use the dense border block as :class:`BorderedCurvature` does.
+    """
+
+    def __init__(self, prof: FusedProfile) -> None:
+        """Compute the level sums at `prof`."""
+        from blmm_scripts.kernels_bordered import curvature_sums
+
+        self.prof = prof
+        re = self.re = prof.re
+        self.v = prof.beta.shape[0]
+        self.w = re.n_levels[0] * re.n_raneffs[0]
+        self._made: dict[tuple, NDArray] = {}
+        sums = curvature_sums(
+            *_bordered_inputs(prof.products, re, list(prof.sqrtD)),
+            *prof.border,
+            np.ascontiguousarray(prof.H),
+            np.ascontiguousarray(prof.beta),
+            prof.reml,
+            re.n_levels[0],
+        )
+        self.sum_ss, self.sum_Bv, self.sum_CN, self.sum_CF = sums[:4]
+        self.sum_BB, self.sum_BCN, self.sum_BCF, self.sum_ssBv = sums[4:8]
+        self.sum_WW, self.sum_sW = sums[8:10]
+        self.Gs, self.Gam, self.RVss, self.RPss, self.Fs, self.s_border = sums[10:16]
+        self.TQ, self.EQE = sums[16:]
+
+    def _memo(self, key: tuple, make: Callable[[], NDArray]) -> NDArray:
+        """Return make(), computed once per key (the engine asks for terms twice)."""
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+    def _low(self, weight: Weight) -> tuple[NDArray, NDArray]:
+        """Return Σ_j W_j ⊗ W_j and Q of the first factor's low-rank part."""
+        s = self.re.border
+        if weight is Weight.V_INV:
+            return self.sum_WW[:, :, :s, :, :s], self.Gs
+
+        def make() -> NDArray:
+            p = self.prof.H.shape[-1]
+            Q = np.zeros((self.v, s + p, s + p))
+            Q[:, :s, :s], Q[:, s:, s:] = self.Gs, self.prof.H
+            return Q
+
+        return self.sum_WW, self._memo(("Q",), make)
+
+    def _Y(self, k: int, weight: Weight) -> NDArray:
+        """Return Y's columns of border factor k as (v, m, l_k, q_k)."""
+
+        def make() -> NDArray:
+            if weight is Weight.V_INV:
+                return self.Gam
+            HF = self.prof.H @ np.swapaxes(self.Fs, -1, -2)
+            return np.concatenate([self.Gam, -HF], axis=1)
+
+        re = self.re
+        o = re.offsets[k] - self.w
+        Y = self._memo(("Y", weight), make)[
+            :, :, o : o + re.n_levels[k] * re.n_raneffs[k]
+        ]
+        return Y.reshape(self.v, Y.shape[1], re.n_levels[k], re.n_raneffs[k])
+
+    def border_block(self, weight: Weight) -> NDArray:
+        """Return the border's own block of Z'AZ, (v, s, s)."""
+        return self.RVss if weight is Weight.V_INV else self.RPss
+
+    def _s(self, k: int) -> NDArray:
+        """Blocks s_j of border factor k (k > 0), shape (v, l_k, q_k)."""
+        re = self.re
+        o = re.offsets[k] - self.w
+        lk, qk = re.n_levels[k], re.n_raneffs[k]
+        return self.s_border[:, o : o + lk * qk].reshape(self.v, lk, qk)
+
+    def _F(self, k: int) -> NDArray:
+        """Rows of border factor k (k > 0) of F = Z'V^-1 X, (v, l_k q_k, p)."""
+        re = self.re
+        o = re.offsets[k] - self.w
+        return self.Fs[:, o : o + re.n_levels[k] * re.n_raneffs[k]]
+
+    def ss(self, k: int) -> NDArray:
+        """Σ_j s_j s_j' of factor k, shape (v, q_k, q_k)."""
+        return self.sum_ss if k == 0 else super().ss(k)
+
+    def quadratic(self, k: int, h: NDArray) -> NDArray:
+        """Σ_j (F_j h)(F_j h)' over the levels j of factor k, h (v, p)."""
+        if k > 0:
+            return super().quadratic(k, h)
+        s = self.re.border
+        FF = self.sum_WW[:, :, s:, :, s:]
+        return np.einsum("vambn,vm,vn->vab", FF, h, h)
+
+    def diag_sum(self, k: int, weight: Weight) -> NDArray:
+        """Σ_j R_jj of factor k, R = Z'V^-1 Z (V_INV) or Z'PZ (P)."""
+        if k > 0:
+            return super().diag_sum(k, weight)
+        out = self.sum_Bv - self.sum_CN
+        return out - self.sum_CF if weight is Weight.P else out
+
+    def trace_term(self, k1: int, k2: int, weight: Weight) -> NDArray:
+        """T[v,a,b,c,d] = Σ_ij R_ij[b,c] R_ij[a,d] for factors k1, k2."""
+        if k1 > 0 and k2 > 0:
+            return super().trace_term(k1, k2, weight)
+        if k1 > 0:  # R_ij for (k1, 0) is R_ji' for (0, k1)
+            return self.trace_term(k2, k1, weight).transpose(0, 4, 3, 2, 1)
+        if k2 == 0:
+            cross = self.sum_BB - self.sum_BCN
+            if weight is Weight.P:
+                cross = cross - self.sum_BCF
+            if weight is Weight.of(self.prof.reml):  # the kernel's low-rank term
+                return cross.transpose(0, 3, 1, 2, 4) + self.TQ
+            return _factored_trace(cross, *self._low(weight))
+
+        def make() -> NDArray:  # Σ_j Σ_mn WW[b,m,a,n] Y_j[m,c] Y_j[n,d]
+            WW = self._low(weight)[0]
+            Yk = self._Y(k2, weight)
+            v, m = Yk.shape[:2]
+            q0 = WW.shape[1]
+            WY = WW.reshape(v, q0 * m * q0, m) @ Yk.reshape(v, m, -1)
+            WY = WY.reshape(v, q0, m, q0, *Yk.shape[2:])  # (v, b, m, a, j, d)
+            return np.einsum("vbmajd,vmjc->vabcd", WY, Yk)
+
+        return self._memo(("T", k2, weight), make)
+
+    def data_term(self, k1: int, k2: int) -> NDArray:
+        """U[v,a,b,c,d] = Σ_ij s_i[a] P_ij[b,c] s_j[d] for factors k1, k2."""
+        if k1 > 0 and k2 > 0:
+            return super().data_term(k1, k2)
+        if k1 > 0:
+            return self.data_term(k2, k1).transpose(0, 4, 3, 2, 1)
+        if k2 == 0:
+            return self.sum_ssBv.transpose(0, 1, 3, 4, 2) - self.EQE
+
+        def make() -> NDArray:  # Σ_m E[a,b,m] Σ_j Y_j[m,c] s_j[d], E = Σ_i s_i ⊗ W_i
+            Ys = np.einsum("vmjc,vjd->vmcd", self._Y(k2, Weight.P), self._s(k2))
+            return np.einsum("vabm,vmcd->vabcd", self.sum_sW, Ys)
+
+        return self._memo(("U", k2), make)
+
+
 def curvature(prof: Profile, observed: bool = True) -> BlockCurvature:
     """Return the level-pair sums of `prof` for its Z'Z layout.
 
@@ -667,6 +870,8 @@ def curvature(prof: Profile, observed: bool = True) -> BlockCurvature:
         kernels can skip the sums of the observed information.
     """
     if isinstance(prof, FusedProfile):
+        if prof.re.bordered:
+            return FusedBorderedCurvature(prof)
         return FusedCurvature(prof, observed)
     if prof.re.bordered:
         return BorderedCurvature(prof)
