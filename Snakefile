@@ -42,11 +42,13 @@ onstart:
 
 onsuccess:
     unlock_outdir()
+    end_promptly()
     print(f"BLMM finished: maps in {OUTDIR}/ (blmm_vox_*{MAP_SUFFIX})")
 
 
 onerror:
     unlock_outdir()
+    end_promptly()
     print(f"BLMM failed: see the logs in {OUTDIR}/work/logs/")
 
 

@@ -14,14 +14,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from blmm_scripts import io, table_io
 from blmm_scripts.masks import masked_out, missing
 from blmm_scripts.structure import Factor, build_Z
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +146,8 @@ def batch_products(
         0 where missing.
     is_missing : ndarray of shape (n_batch_images, n_voxels), bool
     """
+    import scipy.sparse as sp
+
     index = np.arange(*rows)
     if Y.shape[0] != index.size:
         raise ValueError(f"Y has {Y.shape[0]} rows for a batch of {index.size} images")
@@ -251,6 +256,8 @@ def concat_batches(
         missing images are not listed (outside the brain that would be every
         image at every voxel), and their rows of ``missing`` are empty.
     """
+    import scipy.sparse as sp
+
     first = parts[0][1]
     n_vox = first.YtY.shape[0]
     n = np.sum([part.n for _, part in parts], axis=0, dtype=np.int32)

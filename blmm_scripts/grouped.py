@@ -29,13 +29,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
-import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from blmm_scripts.structure import Factor, Products, RandomEffects
+
+if TYPE_CHECKING:
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +158,8 @@ def batch_groups(
     G : int
         The largest level size of the whole design (the same in every batch).
     """
+    import scipy.sparse as sp
+
     images = np.asarray(images, dtype=np.intp)
     if Y.shape[0] != images.size:
         raise ValueError(f"Y has {Y.shape[0]} rows for a batch of {images.size} images")
@@ -238,6 +242,8 @@ def _partial_voxels(
     a missing image, not per voxel and level.  Corrects ``m``, ``b`` and ``c`` in
     place (they were summed with whole levels).
     """
+    import scipy.sparse as sp
+
     p = Xi.shape[1]
     partial = np.flatnonzero(is_missing.any(axis=0) & (n > 0)).astype(np.intp)
     img, pos = np.nonzero(is_missing[:, partial])  # missing (image, voxel) pairs

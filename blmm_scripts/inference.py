@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import special
 
 from blmm_scripts._linalg import psd_sqrt, solve_pd
 from blmm_scripts.likelihood import (
@@ -55,6 +54,8 @@ def log_betainc_upper(a: NDArray, b: NDArray, x: NDArray) -> NDArray:
     Uses scipy where I_x(a, b) is representable and, where it underflows, the
     series I_x(a, b) = x^a (1-x)^b / (a B(a, b)) 2F1(a+b, 1; a+1; x) in log form.
     """
+    from scipy import special  # here: only the jobs that compute p-values load it
+
     a, b, x = np.broadcast_arrays(
         *(np.atleast_1d(np.asarray(t, float)) for t in (a, b, x))
     )

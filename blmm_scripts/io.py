@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 import yaml
 from numpy.typing import NDArray
 
@@ -34,6 +33,7 @@ from numpy.typing import NDArray
 # and no table (concat, estimate, inference) do not load them (about 0.3 s a job).
 if TYPE_CHECKING:
     import pandas as pd
+    import scipy.sparse as sp
 
 logger = logging.getLogger(__name__)
 
@@ -575,6 +575,8 @@ def open_npy(path: Path) -> NDArray:
 
 def csr_arrays(M: sp.csr_matrix) -> dict[str, NDArray]:
     """Return a boolean sparse matrix (the missing images) as named arrays."""
+    import scipy.sparse as sp
+
     M = sp.csr_matrix(M)
     return {
         "missing_indices": M.indices.astype(np.int64),
@@ -585,6 +587,8 @@ def csr_arrays(M: sp.csr_matrix) -> dict[str, NDArray]:
 
 def csr_from(arrays: dict[str, NDArray]) -> sp.csr_matrix:
     """Inverse of :func:`csr_arrays`."""
+    import scipy.sparse as sp
+
     indices = arrays["missing_indices"]
     return sp.csr_matrix(
         (np.ones(indices.size, dtype=bool), indices, arrays["missing_indptr"]),

@@ -16,11 +16,15 @@ A voxel of the analysis mask (non-zero and finite there; BLMM mixed ``!= 0`` and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from blmm_scripts.structure import Factor
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 def analysis_voxels(
@@ -96,6 +100,8 @@ def observed_raneffs(
     ndarray of shape (n_voxels,)
         q_v = sum_k q_k * (number of levels of factor k with an image present).
     """
+    import scipy.sparse as sp
+
     n_voxels = missing_images.shape[0]
     q_obs = np.zeros(n_voxels, dtype=np.int64)
     M = sp.csr_matrix(missing_images, dtype=np.int64)

@@ -18,12 +18,15 @@ The data products of a batch of images are made in :mod:`blmm_scripts.batching`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from blmm_scripts.structure import Factor, RandomEffects, build_Z
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 def design_products(
@@ -57,6 +60,8 @@ def _image_design(
     X: NDArray[np.float64], factors: Sequence[Factor], re: RandomEffects
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
     """Return per-image outer products as sparse rows: x x', z x', z z' (layout)."""
+    import scipy.sparse as sp
+
     n, p = X.shape
     XX = sp.csr_matrix(np.einsum("ia,ib->iab", X, X).reshape(n, p * p))
     if re.one_factor:
@@ -129,6 +134,8 @@ def _image_design(
 
 def _rows_to_csr(cols: NDArray, vals: NDArray, width: int) -> sp.csr_matrix:
     """Build a CSR matrix with one row per image from equal-length column lists."""
+    import scipy.sparse as sp
+
     n, k = cols.shape
     indptr = np.arange(0, n * k + 1, k)
     mat = sp.csr_matrix((vals.ravel(), cols.ravel(), indptr), shape=(n, width))
@@ -158,6 +165,8 @@ def ring_design_products(
         sparse product, cost proportional to the number of missing (image, voxel)
         pairs.
     """
+    import scipy.sparse as sp
+
     re = RandomEffects.of(factors, dense)
     p = X.shape[1]
     M = sp.csr_matrix(missing, dtype=np.float64)

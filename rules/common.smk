@@ -6,6 +6,7 @@ A bad config stops here, with every problem listed, before any job exists.
 """
 
 import math
+import threading
 from pathlib import Path
 
 from snakemake.logging import logger
@@ -266,3 +267,19 @@ def unlock_outdir():
     """Release outdir's lock (the end of the process would drop it too)."""
     for lock in RUN_LOCKS:
         lock.release()
+
+
+def end_promptly():
+    """Cancel Snakemake's pending scheduler wake-up, so that the run ends at once.
+
+    After each round of job selection Snakemake (9.x) starts a threading.Timer of
+    one `max-jobs-per-timespan` timespan (default 1 s) that only wakes its
+    scheduler; the last one is not a daemon thread, so it kept a finished run's
+    process alive for up to that long.
+    """
+    for timer in threading.enumerate():
+        wake = getattr(timer, "function", None)
+        if isinstance(timer, threading.Timer) and getattr(
+            wake, "__module__", ""
+        ).startswith("snakemake.scheduling"):
+            timer.cancel()

@@ -233,3 +233,19 @@ def test_bundling_is_configurable(tmp_path):
     by_rule, by_name = counts["by_rule"], counts["by_name"]
     assert by_name["products"] == math.ceil(by_rule["batch"] / 10)
     assert by_name["voxels"] == by_rule["estimate"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_submission_rate_is_limited(profile):
+    """The profiles' 5 jobs a second reach Snakemake's scheduler.
+
+    Snakemake 9 ignores `max-jobs-per-second` whenever `max-jobs-per-timespan` has a
+    value, and the latter defaults to 100/1s: the limit must be given as a timespan.
+    The workflow profile is read last, as Snakemake does.
+    """
+    from snakemake.cli import get_argument_parser
+
+    profiles = [REPO / "profiles" / profile, REPO / "profiles" / "default"]
+    args = get_argument_parser(profiles=profiles).parse_args([])
+    limit = args.max_jobs_per_timespan
+    assert (limit.max_jobs, limit.timespan) == (5, 1.0)
