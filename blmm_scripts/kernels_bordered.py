@@ -268,7 +268,10 @@ def _profile_chunk(
     """One parallel task of :func:`_profile_sums_b`: the voxels of lane chunk `chunk`.
 
     A function of its own, so that numba's parallel passes see only the loop over
-    the chunks (compiling the whole body as a parfor took minutes).
+    the chunks; with it, and the larger per-level helpers called rather than
+    inlined in numba IR, both bordered kernels compile in about 64 s instead of
+    140 s (one q0), at about 10 % of the curvature's run time.  The arrays are
+    passed one by one: packed in tuples, both kernels ran 30 % slower.
     """
     q0, p = len(effects), ZtX.shape[2]
     v, s = Lam.shape[0], Ls.shape[1]
