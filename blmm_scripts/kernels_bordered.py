@@ -132,7 +132,7 @@ def _fill(out, src, rows, col, shared):
             out[lane] = src[rows[lane], col]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _lane_level(ZtZ, ZtX, ZtY, idx, ia, ix, j, l0, q0, cols, n, Al, Uj):
     """Copy level j's A_j and its columns U_j = [Z_j'X, Z_j'Y, Bm_j], every lane.
 
@@ -164,7 +164,7 @@ def _dot(X, i, Y, k, lane, q0):
     return e
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _lane_G(Al, q0, Lam, idx, lam2, G, lg, det, work):
     """Write G_j = Λ (I + Λ A_j Λ)^-1 Λ of every lane into G (q0, q0, nl).
 
@@ -215,7 +215,7 @@ def _q0_work(q0):
 def _profile_sums_b(ZtZ, ZtX, ZtY, Lam, Ls, start, XtX, XtY, YtY, l0, effects, nl):
     """:func:`profile_sums`; effects: q0 as a tuple's length (:func:`_effects`).
 
-    nl: the lanes (:data:`LANES`).
+    nl: the lanes (:data:`nl`).
     """
     q0, p = len(effects), ZtX.shape[2]
     v, s = Lam.shape[0], Ls.shape[1]
@@ -223,188 +223,137 @@ def _profile_sums_b(ZtZ, ZtX, ZtY, Lam, Ls, start, XtX, XtY, YtY, l0, effects, n
     Css = np.empty((v, s, s))
     r = np.empty((v, s, p + 1))
     cols, count = _pattern(ZtZ, l0, q0, s)
-    outs = (logdet, XtViX, XtViY, YtViY, H, logdetX, Css, r)
-    for chunk in prange((v + nl - 1) // nl):
-        _profile_chunk(
-            chunk,
-            ZtZ,
-            ZtX,
-            ZtY,
-            Lam,
-            Ls,
-            start,
-            XtX,
-            XtY,
-            YtY,
-            l0,
-            effects,
-            nl,
-            cols,
-            count,
-            outs,
-        )
-    return logdet, XtViX, XtViY, YtViY, H, logdetX, Css, r
-
-
-@njit(cache=True, error_model="numpy")
-def _profile_chunk(
-    chunk,
-    ZtZ,
-    ZtX,
-    ZtY,
-    Lam,
-    Ls,
-    start,
-    XtX,
-    XtY,
-    YtY,
-    l0,
-    effects,
-    nl,
-    cols,
-    count,
-    outs,
-):
-    """One parallel task of :func:`_profile_sums_b`: the voxels of lane chunk `chunk`.
-
-    A function of its own, so that numba's parallel passes see only the loop over
-    the chunks; with it, and the larger per-level helpers called rather than
-    inlined in numba IR, both bordered kernels compile in about 64 s instead of
-    140 s (one q0), at about 10 % of the curvature's run time.  The arrays are
-    passed one by one: packed in tuples, both kernels ran 30 % slower.
-    """
-    q0, p = len(effects), ZtX.shape[2]
-    v, s = Lam.shape[0], Ls.shape[1]
-    logdet, XtViX, XtViY, YtViY, H, logdetX, Css, r = outs
     sa = int(ZtZ.shape[0] > 1)
     sx = int(ZtX.shape[0] > 1)
     sxx = int(XtX.shape[0] > 1)
     w = l0 * q0
     base_c = w * q0 + w * s
-    idx = _lane_voxels(chunk, v, nl)
-    ia, ix = idx * sa, idx * sx
-    # every voxel's sums, lanes last (the inner loops run over lanes)
-    tot_xx = np.empty((p, p, nl))
-    tot_xy = np.empty((p, nl))
-    acc_xx = np.zeros((p, p, nl))
-    acc_xy = np.zeros((p, nl))
-    acc_yy = np.zeros(nl)
-    yy = np.zeros(nl)
-    Cl = np.empty((s, s, nl))
-    rl = np.empty((s, p + 1, nl))
-    ld = np.zeros(nl)
-    prod = np.ones(nl)
-    bad = np.zeros(nl, dtype=np.bool_)
-    G = np.empty((q0, q0, nl))
-    Al = np.empty((q0, q0, nl))
-    Uj = np.empty((q0, p + 1 + s, nl))
-    GU = np.empty((q0, p + 1 + s, nl))
-    lg = np.zeros(nl)
-    det = np.ones(nl)
-    lam2 = _lane_square(Lam, idx)
-    work = _q0_work(q0)
-    for lane in range(nl):
-        i = idx[lane]
-        for c in range(p):
-            tot_xy[c, lane] = XtY[i, c]
-            for d in range(p):
-                tot_xx[c, d, lane] = XtX[i * sxx, c, d]
-        for c in range(s):  # Css = C, r = the border's rows of [Z'X, Z'Y]
-            for d in range(s):
-                Cl[c, d, lane] = ZtZ[ia[lane], base_c + c * s + d]
-            for e in range(p):
-                rl[c, e, lane] = ZtX[ix[lane], w + c, e]
-            rl[c, p, lane] = ZtY[i, w + c]
-    for j in range(l0):
-        if j % BLOCK == BLOCK - 1:
-            _flush_lanes(tot_xx, acc_xx, tot_xy, acc_xy, yy, acc_yy)
-        n = count[j]
-        _lane_level(ZtZ, ZtX, ZtY, idx, ia, ix, j, l0, q0, cols[j], n, Al, Uj)
-        _lane_G(Al, q0, Lam, idx, lam2, G, lg, det, work)
+    for chunk in prange((v + nl - 1) // nl):
+        idx = _lane_voxels(chunk, v, nl)
+        ia, ix = idx * sa, idx * sx
+        # every voxel's sums, lanes last (the inner loops run over lanes)
+        tot_xx = np.empty((p, p, nl))
+        tot_xy = np.empty((p, nl))
+        acc_xx = np.zeros((p, p, nl))
+        acc_xy = np.zeros((p, nl))
+        acc_yy = np.zeros(nl)
+        yy = np.zeros(nl)
+        Cl = np.empty((s, s, nl))
+        rl = np.empty((s, p + 1, nl))
+        ld = np.zeros(nl)
+        prod = np.ones(nl)
+        bad = np.zeros(nl, dtype=np.bool_)
+        G = np.empty((q0, q0, nl))
+        Al = np.empty((q0, q0, nl))
+        Uj = np.empty((q0, p + 1 + s, nl))
+        GU = np.empty((q0, p + 1 + s, nl))
+        lg = np.zeros(nl)
+        det = np.ones(nl)
+        lam2 = _lane_square(Lam, idx)
+        work = _q0_work(q0)
         for lane in range(nl):
-            ld[lane] += lg[lane]
-            ld[lane], prod[lane], bad[lane] = _add_logdet(
-                det[lane], 1.0, ld[lane], prod[lane], bad[lane]
-            )
-        for a in range(q0):  # G_j U_j
-            for k in range(p + 1 + n):
-                for lane in range(nl):
-                    e = 0.0
-                    for b in range(q0):
-                        e += G[a, b, lane] * Uj[b, k, lane]
-                    GU[a, k, lane] = e
-        for c in range(p):  # U_j' G_j U_j: X'X, X'Y, Y'Y, Css and r
-            for d in range(c, p):
-                for lane in range(nl):
-                    acc_xx[c, d, lane] -= _dot(Uj, c, GU, d, lane, q0)
+            i = idx[lane]
+            for c in range(p):
+                tot_xy[c, lane] = XtY[i, c]
+                for d in range(p):
+                    tot_xx[c, d, lane] = XtX[i * sxx, c, d]
+            for c in range(s):  # Css = C, r = the border's rows of [Z'X, Z'Y]
+                for d in range(s):
+                    Cl[c, d, lane] = ZtZ[ia[lane], base_c + c * s + d]
+                for e in range(p):
+                    rl[c, e, lane] = ZtX[ix[lane], w + c, e]
+                rl[c, p, lane] = ZtY[i, w + c]
+        for j in range(l0):
+            if j % BLOCK == BLOCK - 1:
+                _flush_lanes(tot_xx, acc_xx, tot_xy, acc_xy, yy, acc_yy)
+            n = count[j]
+            _lane_level(ZtZ, ZtX, ZtY, idx, ia, ix, j, l0, q0, cols[j], n, Al, Uj)
+            _lane_G(Al, q0, Lam, idx, lam2, G, lg, det, work)
             for lane in range(nl):
-                acc_xy[c, lane] -= _dot(Uj, c, GU, p, lane, q0)
-        for lane in range(nl):
-            acc_yy[lane] += _dot(Uj, p, GU, p, lane, q0)
-        for t in range(n):
-            c, u = cols[j, t], p + 1 + t
-            for t2 in range(t, n):
-                c2, u2 = cols[j, t2], p + 1 + t2
+                ld[lane] += lg[lane]
+                ld[lane], prod[lane], bad[lane] = _add_logdet(
+                    det[lane], 1.0, ld[lane], prod[lane], bad[lane]
+                )
+            for a in range(q0):  # G_j U_j
+                for k in range(p + 1 + n):
+                    for lane in range(nl):
+                        e = 0.0
+                        for b in range(q0):
+                            e += G[a, b, lane] * Uj[b, k, lane]
+                        GU[a, k, lane] = e
+            for c in range(p):  # U_j' G_j U_j: X'X, X'Y, Y'Y, Css and r
+                for d in range(c, p):
+                    for lane in range(nl):
+                        acc_xx[c, d, lane] -= _dot(Uj, c, GU, d, lane, q0)
                 for lane in range(nl):
-                    Cl[c, c2, lane] -= _dot(Uj, u, GU, u2, lane, q0)
-            for d in range(p + 1):
-                for lane in range(nl):
-                    rl[c, d, lane] -= _dot(GU, u, Uj, d, lane, q0)
-    _flush_lanes(tot_xx, acc_xx, tot_xy, acc_xy, yy, acc_yy)
-    Sm = np.empty((s, s))
-    Ts = np.empty((s, s))
-    L = np.zeros((s, s))
-    u = np.empty((p + 1, s))
-    Lp = np.empty((p, p))
-    Lip = np.empty((p, p))
-    for lane in range(min(nl, v - chunk * nl)):
-        i = idx[lane]
-        Ci, ri, tot_xx_i, tot_xy_i = Css[i], r[i], XtViX[i], XtViY[i]
-        for c in range(s):
-            for d in range(c, s):
-                Ci[c, d] = Cl[c, d, lane]
-                Ci[d, c] = Cl[c, d, lane]
-            for d in range(p + 1):
-                ri[c, d] = rl[c, d, lane]
-        for c in range(p):
-            tot_xy_i[c] = tot_xy[c, lane]
-            for d in range(c, p):
-                tot_xx_i[c, d] = tot_xx[c, d, lane]
-        # the border: S = I + Λ_s Css Λ_s = L L', u = L^-1 Λ_s r
-        _sandwich(Ls[i], start, Ci, Sm, Ts, True)
-        ld_s = _cholesky(Sm, L)
-        if np.isnan(ld_s):  # not positive definite: every sum NaN
-            L[:, :] = np.nan
-        for c in range(s):  # u' (p + 1, s), by forward substitution
-            b = start[0, c]
-            for e in range(p + 1):
-                x = 0.0
-                for t in range(start[1, c]):
-                    x += Ls[i, c, t] * ri[b + t, e]
-                for t in range(c):
-                    x -= L[c, t] * u[e, t]
-                u[e, c] = x / L[c, c]
-        for c in range(p):
-            x = 0.0
-            for t in range(s):
-                x += u[c, t] * u[p, t]
-            tot_xy_i[c] -= x
-            for d in range(c, p):
+                    acc_xy[c, lane] -= _dot(Uj, c, GU, p, lane, q0)
+            for lane in range(nl):
+                acc_yy[lane] += _dot(Uj, p, GU, p, lane, q0)
+            for t in range(n):
+                c, u = cols[j, t], p + 1 + t
+                for t2 in range(t, n):
+                    c2, u2 = cols[j, t2], p + 1 + t2
+                    for lane in range(nl):
+                        Cl[c, c2, lane] -= _dot(Uj, u, GU, u2, lane, q0)
+                for d in range(p + 1):
+                    for lane in range(nl):
+                        rl[c, d, lane] -= _dot(GU, u, Uj, d, lane, q0)
+        _flush_lanes(tot_xx, acc_xx, tot_xy, acc_xy, yy, acc_yy)
+        Sm = np.empty((s, s))
+        Ts = np.empty((s, s))
+        L = np.zeros((s, s))
+        u = np.empty((p + 1, s))
+        Lp = np.empty((p, p))
+        Lip = np.empty((p, p))
+        for lane in range(min(nl, v - chunk * nl)):
+            i = idx[lane]
+            Ci, ri, tot_xx_i, tot_xy_i = Css[i], r[i], XtViX[i], XtViY[i]
+            for c in range(s):
+                for d in range(c, s):
+                    Ci[c, d] = Cl[c, d, lane]
+                    Ci[d, c] = Cl[c, d, lane]
+                for d in range(p + 1):
+                    ri[c, d] = rl[c, d, lane]
+            for c in range(p):
+                tot_xy_i[c] = tot_xy[c, lane]
+                for d in range(c, p):
+                    tot_xx_i[c, d] = tot_xx[c, d, lane]
+            # the border: S = I + Λ_s Css Λ_s = L L', u = L^-1 Λ_s r
+            _sandwich(Ls[i], start, Ci, Sm, Ts, True)
+            ld_s = _cholesky(Sm, L)
+            if np.isnan(ld_s):  # not positive definite: every sum NaN
+                L[:, :] = np.nan
+            for c in range(s):  # u' (p + 1, s), by forward substitution
+                b = start[0, c]
+                for e in range(p + 1):
+                    x = 0.0
+                    for t in range(start[1, c]):
+                        x += Ls[i, c, t] * ri[b + t, e]
+                    for t in range(c):
+                        x -= L[c, t] * u[e, t]
+                    u[e, c] = x / L[c, c]
+            for c in range(p):
                 x = 0.0
                 for t in range(s):
-                    x += u[c, t] * u[d, t]
-                tot_xx_i[c, d] -= x
-        x = 0.0
-        for t in range(s):
-            x += u[p, t] * u[p, t]
-        _symmetrise(tot_xx_i)
-        ok = not (bad[lane] or np.isnan(ld_s))
-        logdet[i] = ld[lane] + np.log(prod[lane]) + ld_s if ok else np.nan
-        YtViY[i] = YtY[i] - yy[lane] - x
-        logdetX[i] = _inverse_with(tot_xx_i, H[i], Lp, Lip)
+                    x += u[c, t] * u[p, t]
+                tot_xy_i[c] -= x
+                for d in range(c, p):
+                    x = 0.0
+                    for t in range(s):
+                        x += u[c, t] * u[d, t]
+                    tot_xx_i[c, d] -= x
+            x = 0.0
+            for t in range(s):
+                x += u[p, t] * u[p, t]
+            _symmetrise(tot_xx_i)
+            ok = not (bad[lane] or np.isnan(ld_s))
+            logdet[i] = ld[lane] + np.log(prod[lane]) + ld_s if ok else np.nan
+            YtViY[i] = YtY[i] - yy[lane] - x
+            logdetX[i] = _inverse_with(tot_xx_i, H[i], Lp, Lip)
+    return logdet, XtViX, XtViY, YtViY, H, logdetX, Css, r
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _sandwich(Ls, start, X, out, T, identity):
     """Write [I +] Λ_s X Λ_s into out, Λ_s block diagonal and given by its rows.
 
@@ -523,152 +472,108 @@ def _curvature_sums_b(
     """
     q0, p = len(effects), ZtX.shape[2]
     v, s = Lam.shape[0], Ls.shape[1]
-    out = _curvature_outputs(v, q0, s, p, nl)
-    cols, count = _pattern(ZtZ, l0, q0, s)
-    for chunk in prange((v + nl - 1) // nl):
-        _curvature_chunk(
-            chunk,
-            ZtZ,
-            ZtX,
-            ZtY,
-            Lam,
-            Ls,
-            start,
-            Css,
-            r,
-            H,
-            beta,
-            reml,
-            l0,
-            effects,
-            nl,
-            cols,
-            count,
-            out,
-        )
-    return out
-
-
-@njit(cache=True, error_model="numpy")
-def _curvature_chunk(
-    chunk,
-    ZtZ,
-    ZtX,
-    ZtY,
-    Lam,
-    Ls,
-    start,
-    Css,
-    r,
-    H,
-    beta,
-    reml,
-    l0,
-    effects,
-    nl,
-    cols,
-    count,
-    out,
-):
-    """One parallel task of :func:`_curvature_sums_b` (see :func:`_profile_chunk`)."""
-    q0, p = len(effects), ZtX.shape[2]
-    v, s = Lam.shape[0], Ls.shape[1]
     m = s + p
+    out = _curvature_outputs(v, q0, s, p, nl)
     ss, Bs, CN, CF, BB, BCN, BCF, ssB, WW, sW = out[:10]
     Gs, Gam, Rss, RPss, Fs, s_s, TQ, EQE = out[10:]
+    cols, count = _pattern(ZtZ, l0, q0, s)
     sa = int(ZtZ.shape[0] > 1)
     sx = int(ZtX.shape[0] > 1)
-    idx = _lane_voxels(chunk, v, nl)
-    ia, ix = idx * sa, idx * sx
-    # each lane's border quantities, and its G_s, Zr, H, beta lanes last
-    Sm = np.empty((s, s))
-    Sinv = np.empty((s, s))
-    Ts = np.empty((s, s))
-    Zr = np.empty((s, p + 1))
-    CGr = np.empty((s, p + 1))
-    CG = np.empty((s, s))
-    FHs = np.empty((s, p))
-    Lw = np.empty((s, s))
-    Liw = np.empty((s, s))
-    Gl = np.empty((s, s, nl))
-    Zl = np.empty((s, p + 1, nl))
-    Hl = np.empty((p, p, nl))
-    bl = np.empty((p, nl))
-    for lane in range(nl):
-        i = idx[lane]
-        Hi, Gsi = H[i], Gs[i]
-        _sandwich(Ls[i], start, Css[i], Sm, Ts, True)
-        if s >= BLAS_FROM and np.isfinite(Sm).all():
-            Sinv[:, :] = np.linalg.inv(Sm)  # LAPACK; Sm is I + a PSD matrix
-        else:
-            _inverse_with(Sm, Sinv, Lw, Liw)
-        _sandwich(Ls[i], start, Sinv, Gsi, Ts, False)
-        _border(Css[i], r[i], beta[i], Gsi, Gam[i], Rss[i], Fs[i], s_s[i], Zr, CG, CGr)
-        for c in range(s):  # Z'PZ's border block: Css Γ - F_s H F_s'
-            for d in range(p):
-                e = 0.0
-                for t in range(p):
-                    e += Fs[i, c, t] * Hi[t, d]
-                FHs[c, d] = e
-            for d in range(c + 1):
-                e = Rss[i, c, d]
-                for t in range(p):
-                    e -= FHs[c, t] * Fs[i, d, t]
-                RPss[i, c, d] = e
-                RPss[i, d, c] = e
-        for c in range(s):
-            for d in range(s):
-                Gl[c, d, lane] = Gsi[c, d]
-            for d in range(p + 1):
-                Zl[c, d, lane] = Zr[c, d]
-        for c in range(p):
-            bl[c, lane] = beta[i, c]
-            for d in range(p):
-                Hl[c, d, lane] = Hi[c, d]
-    sums = (
-        ss[chunk],
-        Bs[chunk],
-        CN[chunk],
-        CF[chunk],
-        BB[chunk],
-        BCN[chunk],
-        BCF[chunk],
-        ssB[chunk],
-        WW[chunk],
-        sW[chunk],
-    )
-    work = _lane_work(q0, s, p, Lam, idx)
-    design, lanes, per_lane = (ZtZ, ZtX, ZtY, Lam), (idx, ia, ix), (Gl, Zl, Hl, bl)
-    for j in range(l0):
-        _curvature_level(
-            design, lanes, per_lane, j, l0, q0, cols[j], count[j], sums, work
+    for chunk in prange((v + nl - 1) // nl):
+        idx = _lane_voxels(chunk, v, nl)
+        ia, ix = idx * sa, idx * sx
+        # each lane's border quantities, and its G_s, Zr, H, beta lanes last
+        Sm = np.empty((s, s))
+        Sinv = np.empty((s, s))
+        Ts = np.empty((s, s))
+        Zr = np.empty((s, p + 1))
+        CGr = np.empty((s, p + 1))
+        CG = np.empty((s, s))
+        FHs = np.empty((s, p))
+        Lw = np.empty((s, s))
+        Liw = np.empty((s, s))
+        Gl = np.empty((s, s, nl))
+        Zl = np.empty((s, p + 1, nl))
+        Hl = np.empty((p, p, nl))
+        bl = np.empty((p, nl))
+        for lane in range(nl):
+            i = idx[lane]
+            Hi, Gsi = H[i], Gs[i]
+            _sandwich(Ls[i], start, Css[i], Sm, Ts, True)
+            if s >= BLAS_FROM and np.isfinite(Sm).all():
+                Sinv[:, :] = np.linalg.inv(Sm)  # LAPACK; Sm is I + a PSD matrix
+            else:
+                _inverse_with(Sm, Sinv, Lw, Liw)
+            _sandwich(Ls[i], start, Sinv, Gsi, Ts, False)
+            _border(
+                Css[i], r[i], beta[i], Gsi, Gam[i], Rss[i], Fs[i], s_s[i], Zr, CG, CGr
+            )
+            for c in range(s):  # Z'PZ's border block: Css Γ - F_s H F_s'
+                for d in range(p):
+                    e = 0.0
+                    for t in range(p):
+                        e += Fs[i, c, t] * Hi[t, d]
+                    FHs[c, d] = e
+                for d in range(c + 1):
+                    e = Rss[i, c, d]
+                    for t in range(p):
+                        e -= FHs[c, t] * Fs[i, d, t]
+                    RPss[i, c, d] = e
+                    RPss[i, d, c] = e
+            for c in range(s):
+                for d in range(s):
+                    Gl[c, d, lane] = Gsi[c, d]
+                for d in range(p + 1):
+                    Zl[c, d, lane] = Zr[c, d]
+            for c in range(p):
+                bl[c, lane] = beta[i, c]
+                for d in range(p):
+                    Hl[c, d, lane] = Hi[c, d]
+        sums = (
+            ss[chunk],
+            Bs[chunk],
+            CN[chunk],
+            CF[chunk],
+            BB[chunk],
+            BCN[chunk],
+            BCF[chunk],
+            ssB[chunk],
+            WW[chunk],
+            sW[chunk],
         )
-    WWc, sWc = WW[chunk], sW[chunk]
-    for x in range(q0):  # W ⊗ W from its entries c q0 + x <= d q0 + y
-        for y in range(q0):
-            for c in range(m):
-                for d in range(m):
-                    if c * q0 + x > d * q0 + y:
-                        for lane in range(nl):
-                            WWc[x, c, y, d, lane] = WWc[y, d, x, c, lane]
-    QS = np.empty((q0, q0, m, m))
-    QE = np.empty((q0, q0, m))
-    Sb = np.empty((m, m))
-    for lane in range(min(nl, v - chunk * nl)):
-        i = idx[lane]
-        _low_rank_terms(
-            WWc[:, :, :, :, lane],
-            sWc[:, :, :, lane],
-            Gs[i],
-            H[i],
-            reml,
-            q0,
-            QS,
-            QE,
-            Sb,
-            TQ[i],
-            EQE[i],
-        )
+        work = _lane_work(q0, s, p, Lam, idx)
+        design, lanes, per_lane = (ZtZ, ZtX, ZtY, Lam), (idx, ia, ix), (Gl, Zl, Hl, bl)
+        for j in range(l0):
+            _curvature_level(
+                design, lanes, per_lane, j, l0, q0, cols[j], count[j], sums, work
+            )
+        WWc, sWc = WW[chunk], sW[chunk]
+        for x in range(q0):  # W ⊗ W from its entries c q0 + x <= d q0 + y
+            for y in range(q0):
+                for c in range(m):
+                    for d in range(m):
+                        if c * q0 + x > d * q0 + y:
+                            for lane in range(nl):
+                                WWc[x, c, y, d, lane] = WWc[y, d, x, c, lane]
+        QS = np.empty((q0, q0, m, m))
+        QE = np.empty((q0, q0, m))
+        Sb = np.empty((m, m))
+        for lane in range(min(nl, v - chunk * nl)):
+            i = idx[lane]
+            _low_rank_terms(
+                WWc[:, :, :, :, lane],
+                sWc[:, :, :, lane],
+                Gs[i],
+                H[i],
+                reml,
+                q0,
+                QS,
+                QE,
+                Sb,
+                TQ[i],
+                EQE[i],
+            )
+    return out
 
 
 @njit(cache=True, inline="always")
@@ -695,7 +600,7 @@ def _lane_work(q0, s, p, Lam, idx):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _curvature_level(design, lanes, per_lane, j, l0, q0, cols, n, sums, work):
     """Add level j's terms to the level sums of a chunk's lanes.
 
@@ -819,7 +724,7 @@ def _curvature_level(design, lanes, per_lane, j, l0, q0, cols, n, sums, work):
                     sWl[x, y, s + c, lane] += Fx[x, p, lane] * Fx[y, c, lane]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _low_rank_terms(WW, sW, Gs, H, reml, q0, QS, QE, Sb, TQ, EQE):
     """Write one voxel's low-rank terms of the first factor's trace and data sums.
 
