@@ -52,6 +52,7 @@ from blmm_scripts.kernels import (
     _add_logdet,
     _cholesky,
     _inverse_with,
+    _lane_flush,
     _profile_outputs,
     _symmetrise,
     _woodbury_block,
@@ -92,23 +93,6 @@ def _pattern(ZtZ, l0, q0, s):
                 cols[j, count[j]] = c
                 count[j] += 1
     return cols, count
-
-
-@njit(cache=True, inline="always")
-def _flush_lanes(tot_xx, acc_xx, tot_xy, acc_xy, yy, acc_yy):
-    """Add a block's sums of every lane to the totals and zero them (upper X'X)."""
-    p, nl = tot_xy.shape
-    for lane in range(nl):
-        yy[lane] += acc_yy[lane]
-        acc_yy[lane] = 0.0
-    for c in range(p):
-        for lane in range(nl):
-            tot_xy[c, lane] += acc_xy[c, lane]
-            acc_xy[c, lane] = 0.0
-        for d in range(c, p):
-            for lane in range(nl):
-                tot_xx[c, d, lane] += acc_xx[c, d, lane]
-                acc_xx[c, d, lane] = 0.0
 
 
 @njit(cache=True, inline="always")
@@ -265,7 +249,7 @@ def _profile_sums_b(ZtZ, ZtX, ZtY, Lam, Ls, start, XtX, XtY, YtY, l0, effects, n
                 rl[c, p, lane] = ZtY[i, w + c]
         for j in range(l0):
             if j % BLOCK == BLOCK - 1:
-                _flush_lanes(tot_xx, acc_xx, tot_xy, acc_xy, yy, acc_yy)
+                _lane_flush(tot_xx, acc_xx, tot_xy, acc_xy, yy, acc_yy)
             n = count[j]
             _lane_level(ZtZ, ZtX, ZtY, idx, ia, ix, j, l0, q0, cols[j], n, Al, Uj)
             _lane_G(Al, q0, Lam, idx, lam2, G, lg, det, work)
@@ -298,7 +282,7 @@ def _profile_sums_b(ZtZ, ZtX, ZtY, Lam, Ls, start, XtX, XtY, YtY, l0, effects, n
                 for d in range(p + 1):
                     for lane in range(nl):
                         rl[c, d, lane] -= _dot(GU, u, Uj, d, lane, q0)
-        _flush_lanes(tot_xx, acc_xx, tot_xy, acc_xy, yy, acc_yy)
+        _lane_flush(tot_xx, acc_xx, tot_xy, acc_xy, yy, acc_yy)
         Sm = np.empty((s, s))
         Ts = np.empty((s, s))
         L = np.zeros((s, s))
