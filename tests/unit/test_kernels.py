@@ -514,3 +514,31 @@ def test_pin_threads_sizes_the_kernels_pool(before):
         check=True,
     )
     assert out.stdout.split() == ["1", "1"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_in_parallel_runs_every_chunk_once_on_the_pinned_threads(threads):
+    """Each chunk once, on as many threads as pinned (at most the machine's cores)."""
+    code = f"""
+import threading
+import numba
+from blmm_scripts.threads import in_parallel, pin_threads
+pin_threads({threads})
+for n_chunks in (0, 1, 2, 3, 17):
+    seen, who = [0] * n_chunks, set()
+    def kernel(c0, c1, out):
+        for c in range(c0, c1):
+            out[c] += 1
+            who.add(threading.get_ident())
+    in_parallel(kernel, n_chunks, (seen,))
+    assert seen == [1] * n_chunks, (n_chunks, seen)
+    if n_chunks >= 2:
+        assert len(who) == min({threads}, numba.config.NUMBA_NUM_THREADS), who
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("NUM_THREADS")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok"]
