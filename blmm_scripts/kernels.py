@@ -29,8 +29,11 @@ first job of a machine compiles.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from numba import njit, prange
+from numba.core.errors import NumbaPerformanceWarning
 from numpy.typing import NDArray
 
 #: numba's parallel pipeline with every parallel transformation off, for kernels
@@ -51,6 +54,13 @@ SERIAL_PARALLEL_PASSES = dict.fromkeys(
         "prange",
     ),
     False,
+)
+# numba warns, at each such kernel's compilation, that it found nothing to run in
+# parallel: here that is the intent.
+warnings.filterwarnings(
+    "ignore",
+    message=r"(?s).*'parallel=True' was specified but no transformation",
+    category=NumbaPerformanceWarning,
 )
 
 
